@@ -1,0 +1,419 @@
+"""The wire codec: the TLS presentation language as RFC 9420 §2.1 uses it.
+
+Every protocol struct is a frozen dataclass deriving from :class:`Struct`. Its fields are described by
+their type annotations, so the class *is* the wire schema:
+
+=====================================  ==============================================================
+annotation                             wire form
+=====================================  ==============================================================
+``Annotated[int, U8]`` (U16/U32/U64)   fixed-width big-endian unsigned integer
+``bytes``                              ``opaque<V>``: MLS variable-length vector (varint header)
+``Annotated[bytes, Fixed(n)]``         ``opaque[n]``
+``Annotated[bytes, MaxLen(n)]``        ``opaque<V>`` with at most ``n`` bytes
+``str``                                ``opaque<V>`` holding UTF-8
+``bool``                               ``uint8`` restricted to 0 / 1
+another ``Struct`` subclass            the nested struct
+a ``WireEnum`` subclass                its declared width; unknown values are rejected
+``tuple[T, ...]``                      ``T<V>``: a vector whose header counts bytes, not items
+``T | None``                           ``optional<T>``: a presence octet then the value
+=====================================  ==============================================================
+
+Variants (``select`` on an earlier field) do not fit a declarative table; such classes override
+``_write``/``_read`` by hand with the :class:`Writer`/:class:`Reader` primitives.
+
+Decoding is strict: trailing bytes, non-minimal varints, vectors running past their buffer or over
+their limit, and unknown enum values all raise :class:`DecodeError`, and nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct as _struct
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, ClassVar, Self, TypeVar, get_args, get_origin
+
+from phx.errors import DecodeError
+
+__all__ = [
+    "U8",
+    "U16",
+    "U32",
+    "U64",
+    "DecodeError",
+    "Fixed",
+    "MaxLen",
+    "Reader",
+    "Struct",
+    "WireEnum",
+    "Writer",
+    "decode_varint",
+    "encode_varint",
+]
+
+#: Largest length a varint header can carry (RFC 9420 §2.1.2: 30 bits).
+MAX_VARINT = (1 << 30) - 1
+
+
+class Width:
+    """Marks an int field with its wire width in bytes."""
+
+    __slots__ = ("size", "fmt")
+
+    def __init__(self, size: int, fmt: str) -> None:
+        self.size = size
+        self.fmt = fmt
+
+    def __repr__(self) -> str:
+        return f"U{self.size * 8}"
+
+
+U8 = Width(1, ">B")
+U16 = Width(2, ">H")
+U32 = Width(4, ">I")
+U64 = Width(8, ">Q")
+
+
+class Fixed:
+    """Marks a ``bytes`` field as a fixed-length array ``opaque[n]``."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class MaxLen:
+    """Caps a variable-length field (in bytes for ``bytes``/``str``, in items for tuples)."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+def encode_varint(n: int) -> bytes:
+    if n < 0x40:
+        return bytes((n,))
+    if n < 0x4000:
+        return (0x4000 | n).to_bytes(2, "big")
+    if n <= MAX_VARINT:
+        return (0x80000000 | n).to_bytes(4, "big")
+    raise ValueError(f"length {n} does not fit an MLS varint")
+
+
+def decode_varint(data: bytes | memoryview, pos: int, end: int | None = None) -> tuple[int, int]:
+    """Decode a varint at ``pos`` (not reading at or past ``end``); return (value, new position)."""
+    end = len(data) if end is None else end
+    if pos >= end:
+        raise DecodeError("truncated varint")
+    first = data[pos]
+    prefix = first >> 6
+    if prefix == 0:
+        return first, pos + 1
+    if prefix == 1:
+        if pos + 2 > end:
+            raise DecodeError("truncated varint")
+        v = ((first & 0x3F) << 8) | data[pos + 1]
+        if v < 0x40:
+            raise DecodeError("non-minimal varint")
+        return v, pos + 2
+    if prefix == 2:
+        if pos + 4 > end:
+            raise DecodeError("truncated varint")
+        v = int.from_bytes(data[pos : pos + 4], "big") & 0x3FFFFFFF
+        if v < 0x4000:
+            raise DecodeError("non-minimal varint")
+        return v, pos + 4
+    raise DecodeError("invalid varint prefix 0b11")
+
+
+class Writer:
+    """Appends wire encodings to a bytearray."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def uint(self, width: Width, v: int) -> None:
+        try:
+            self.buf += _struct.pack(width.fmt, v)
+        except _struct.error as e:
+            raise ValueError(f"{v} does not fit {width!r}") from e
+
+    def u8(self, v: int) -> None:
+        self.uint(U8, v)
+
+    def u16(self, v: int) -> None:
+        self.uint(U16, v)
+
+    def u32(self, v: int) -> None:
+        self.uint(U32, v)
+
+    def u64(self, v: int) -> None:
+        self.uint(U64, v)
+
+    def raw(self, b: bytes) -> None:
+        self.buf += b
+
+    def opaque(self, b: bytes) -> None:
+        self.buf += encode_varint(len(b))
+        self.buf += b
+
+    def vector(self, items: typing.Iterable[Any], write_item: Callable[[Writer, Any], None]) -> None:
+        inner = Writer()
+        for item in items:
+            write_item(inner, item)
+        self.opaque(bytes(inner.buf))
+
+    def struct(self, s: Struct) -> None:
+        s._write(self)
+
+    def optional(self, v: Any, write_item: Callable[[Writer, Any], None]) -> None:
+        if v is None:
+            self.buf.append(0)
+        else:
+            self.buf.append(1)
+            write_item(self, v)
+
+    def getvalue(self) -> bytes:
+        return bytes(self.buf)
+
+
+class Reader:
+    """Reads wire encodings from a buffer; every failure is a :class:`DecodeError`."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes | memoryview, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise DecodeError(f"truncated: need {n} bytes, have {self.end - self.pos}")
+        out = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def uint(self, width: Width) -> int:
+        n = width.size
+        if self.pos + n > self.end:
+            raise DecodeError("truncated integer")
+        v: int = _struct.unpack_from(width.fmt, self.data, self.pos)[0]
+        self.pos += n
+        return v
+
+    def u8(self) -> int:
+        return self.uint(U8)
+
+    def u16(self) -> int:
+        return self.uint(U16)
+
+    def u32(self) -> int:
+        return self.uint(U32)
+
+    def u64(self) -> int:
+        return self.uint(U64)
+
+    def length(self) -> int:
+        n, pos = decode_varint(self.data, self.pos, self.end)
+        self.pos = pos
+        if n > self.end - self.pos:
+            raise DecodeError(f"vector of {n} bytes runs past its buffer")
+        return n
+
+    def opaque(self, limit: int | None = None) -> bytes:
+        n = self.length()
+        if limit is not None and n > limit:
+            raise DecodeError(f"vector of {n} bytes exceeds its limit of {limit}")
+        return self.take(n)
+
+    def vector(self, read_item: Callable[[Reader], Any], limit: int | None = None) -> tuple[Any, ...]:
+        n = self.length()
+        sub = Reader(self.data, self.pos, self.pos + n)
+        items = []
+        while sub.pos < sub.end:
+            items.append(read_item(sub))
+            if limit is not None and len(items) > limit:
+                raise DecodeError(f"vector exceeds its limit of {limit} items")
+        self.pos = sub.end
+        return tuple(items)
+
+    def optional(self, read_item: Callable[[Reader], Any]) -> Any:
+        flag = self.u8()
+        if flag == 0:
+            return None
+        if flag == 1:
+            return read_item(self)
+        raise DecodeError(f"invalid optional presence octet {flag}")
+
+    def boolean(self) -> bool:
+        v = self.u8()
+        if v > 1:
+            raise DecodeError(f"invalid boolean {v}")
+        return v == 1
+
+    def finish(self) -> None:
+        if self.pos != self.end:
+            raise DecodeError(f"{self.end - self.pos} trailing bytes")
+
+
+class WireEnum(enum.IntEnum):
+    """An enum on the wire. Subclasses set ``__wire_width__ = U8`` etc. (default uint16)."""
+
+    @classmethod
+    def wire_width(cls) -> Width:
+        w = cls.__dict__.get("__wire_width__")
+        return w if isinstance(w, Width) else U16
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        v = r.uint(cls.wire_width())
+        try:
+            return cls(v)
+        except ValueError:
+            raise DecodeError(f"unknown {cls.__name__} value {v}") from None
+
+    def write(self, w: Writer) -> None:
+        w.uint(self.wire_width(), int(self))
+
+
+_Write = Callable[[Writer, Any], None]
+_Read = Callable[[Reader], Any]
+T = TypeVar("T")
+
+
+def _codec_for(tp: Any, owner: type) -> tuple[_Write, _Read]:
+    """Build the (write, read) pair for one annotation."""
+    meta: tuple[Any, ...] = ()
+    if get_origin(tp) is typing.Annotated:
+        tp, *rest = get_args(tp)
+        meta = tuple(rest)
+    width = next((m for m in meta if isinstance(m, Width)), None)
+    fixed = next((m for m in meta if isinstance(m, Fixed)), None)
+    maxlen = next((m for m in meta if isinstance(m, MaxLen)), None)
+    limit = maxlen.limit if maxlen else None
+    origin = get_origin(tp)
+
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"{owner.__name__}: only T | None unions are supported")
+        inner_tp = typing.Annotated[(args[0], *meta)] if meta else args[0]
+        iw, ir = _codec_for(inner_tp, owner)
+        return (lambda w, v: w.optional(v, iw)), (lambda r: r.optional(ir))
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"{owner.__name__}: vectors are tuple[T, ...]")
+        iw, ir = _codec_for(args[0], owner)
+        return (lambda w, v: w.vector(v, iw)), (lambda r: r.vector(ir, limit))
+    if tp is bool:
+        return (lambda w, v: w.u8(1 if v else 0)), (lambda r: r.boolean())
+    if tp is int:
+        if width is None:
+            raise TypeError(f"{owner.__name__}: int fields need a width (Annotated[int, U16])")
+        wd = width
+        return (lambda w, v: w.uint(wd, v)), (lambda r: r.uint(wd))
+    if tp is bytes:
+        if fixed is not None:
+            size = fixed.size
+
+            def write_fixed(w: Writer, v: bytes) -> None:
+                if len(v) != size:
+                    raise ValueError(f"{owner.__name__}: expected {size} bytes, got {len(v)}")
+                w.raw(v)
+
+            return write_fixed, (lambda r: r.take(size))
+        return (lambda w, v: w.opaque(v)), (lambda r: r.opaque(limit))
+    if tp is str:
+
+        def read_str(r: Reader) -> str:
+            raw = r.opaque(limit)
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DecodeError("invalid UTF-8") from e
+
+        return (lambda w, v: w.opaque(v.encode("utf-8"))), read_str
+    if isinstance(tp, type) and issubclass(tp, WireEnum):
+        ecls = tp
+        return (lambda w, v: v.write(w)), ecls.read
+    if isinstance(tp, type) and issubclass(tp, Struct):
+        scls = tp
+        return (lambda w, v: v._write(w)), scls._read
+    raise TypeError(f"{owner.__name__}: no wire form for {tp!r}")
+
+
+class Struct:
+    """Base of every wire struct. Subclasses are ``@dataclass(frozen=True, slots=True)``."""
+
+    __slots__ = ()
+    _plan: ClassVar[list[tuple[str, _Write, _Read]] | None] = None
+
+    @classmethod
+    def _compile(cls) -> list[tuple[str, _Write, _Read]]:
+        plan = cls.__dict__.get("_plan_cache")
+        if plan is None:
+            hints = typing.get_type_hints(cls, include_extras=True)
+            plan = [(f.name, *_codec_for(hints[f.name], cls)) for f in fields(cls)]  # type: ignore[arg-type]
+            type.__setattr__(cls, "_plan_cache", plan)
+        return plan  # type: ignore[no-any-return]
+
+    def _write(self, w: Writer) -> None:
+        for name, write, _ in self._compile():
+            write(w, getattr(self, name))
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(*[read(r) for _, _, read in cls._compile()])
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self._write(w)
+        return bytes(w.buf)
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> Self:
+        """Decode exactly one value filling ``data``; anything else is a :class:`DecodeError`."""
+        r = Reader(data)
+        try:
+            v = cls._read(r)
+        except DecodeError:
+            raise
+        except (ValueError, TypeError, OverflowError) as e:
+            # Field validation in __post_init__ rejects a value: still a decode failure.
+            raise DecodeError(f"{cls.__name__}: {e}") from e
+        r.finish()
+        return v
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        """Decode one value from a reader (for use inside hand-written ``_read`` methods)."""
+        try:
+            return cls._read(r)
+        except DecodeError:
+            raise
+        except (ValueError, TypeError, OverflowError) as e:
+            raise DecodeError(f"{cls.__name__}: {e}") from e
+
+
+def decode_all(read_item: Callable[[Reader], T], data: bytes) -> T:
+    """Run a reader function over exactly ``data``."""
+    r = Reader(data)
+    try:
+        v = read_item(r)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DecodeError(str(e)) from e
+    r.finish()
+    return v
