@@ -304,10 +304,10 @@ def _codec_for(tp: Any, owner: type) -> tuple[_Write, _Read]:
     origin = get_origin(tp)
 
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) != 1:
+        present = [a for a in get_args(tp) if a is not type(None)]
+        if len(present) != 1:
             raise TypeError(f"{owner.__name__}: only T | None unions are supported")
-        inner_tp = typing.Annotated[(args[0], *meta)] if meta else args[0]
+        inner_tp = typing.Annotated[(present[0], *meta)] if meta else present[0]
         iw, ir = _codec_for(inner_tp, owner)
         return (lambda w, v: w.optional(v, iw)), (lambda r: r.optional(ir))
     if origin is tuple:

@@ -43,7 +43,7 @@ def _opaque(b: bytes) -> bytes:
 
 @lru_cache(maxsize=1024)
 def _ed25519_expanded(seed: bytes) -> bytes:
-    return nacl.bindings.crypto_sign_seed_keypair(seed)[1]  # type: ignore[no-any-return]
+    return nacl.bindings.crypto_sign_seed_keypair(seed)[1]
 
 
 class Ed25519:
@@ -65,7 +65,7 @@ class Ed25519:
     def sign(seed: bytes, message: bytes) -> bytes:
         if len(seed) != 32:
             raise ValidationError("Ed25519 private key must be 32 bytes")
-        return nacl.bindings.crypto_sign(message, _ed25519_expanded(seed))[:64]  # type: ignore[no-any-return]
+        return nacl.bindings.crypto_sign(message, _ed25519_expanded(seed))[:64]
 
     @staticmethod
     def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

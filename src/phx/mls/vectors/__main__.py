@@ -10,7 +10,9 @@ from phx.mls.vectors import run_dir
 
 
 def main(argv: list[str]) -> int:
-    directory = Path(argv[0] if argv else os.environ.get("MLS_TEST_VECTORS_DIR", "../shared/mls-test-vectors"))
+    directory = Path(
+        argv[0] if argv else os.environ.get("MLS_TEST_VECTORS_DIR", "../shared/mls-test-vectors")
+    )
     if not directory.is_dir():
         print(f"vectors: no such directory {directory}", file=sys.stderr)
         return 2

@@ -1,0 +1,222 @@
+"""The wire codec: RFC 9420 §2.1 varints, strictness, and round trips for every field kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phx.codec import (
+    U8,
+    U16,
+    U32,
+    U64,
+    DecodeError,
+    Fixed,
+    MaxLen,
+    Reader,
+    Struct,
+    WireEnum,
+    Writer,
+    decode_varint,
+    encode_varint,
+)
+
+
+class Color(WireEnum):
+    __wire_width__ = U8
+    RED = 1
+    GREEN = 2
+
+
+class Kind(WireEnum):
+    A = 0x0001
+    B = 0x0100
+
+
+@dataclass(frozen=True, slots=True)
+class Inner(Struct):
+    n: Annotated[int, U16]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Everything(Struct):
+    a: Annotated[int, U8]
+    b: Annotated[int, U16]
+    c: Annotated[int, U32]
+    d: Annotated[int, U64]
+    blob: bytes
+    fixed: Annotated[bytes, Fixed(4)]
+    name: str
+    flag: bool
+    color: Color
+    kind: Kind
+    inner: Inner
+    items: tuple[Inner, ...]
+    numbers: tuple[Annotated[int, U32], ...]
+    maybe: Inner | None
+    maybe_bytes: bytes | None
+    small: Annotated[bytes, MaxLen(8)]
+
+
+inners = st.builds(Inner, n=st.integers(0, 0xFFFF), data=st.binary(max_size=80))
+everything = st.builds(
+    Everything,
+    a=st.integers(0, 0xFF),
+    b=st.integers(0, 0xFFFF),
+    c=st.integers(0, 0xFFFFFFFF),
+    d=st.integers(0, 2**64 - 1),
+    blob=st.binary(max_size=300),
+    fixed=st.binary(min_size=4, max_size=4),
+    name=st.text(max_size=20),
+    flag=st.booleans(),
+    color=st.sampled_from(Color),
+    kind=st.sampled_from(Kind),
+    inner=inners,
+    items=st.lists(inners, max_size=4).map(tuple),
+    numbers=st.lists(st.integers(0, 0xFFFFFFFF), max_size=5).map(tuple),
+    maybe=st.none() | inners,
+    maybe_bytes=st.none() | st.binary(max_size=10),
+    small=st.binary(max_size=8),
+)
+
+
+@given(everything)
+def test_round_trip(value: Everything) -> None:
+    encoded = value.encode()
+    assert Everything.decode(encoded) == value
+    assert Everything.decode(encoded).encode() == encoded
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_decode_or_decode_error(data: bytes) -> None:
+    for cls in (Everything, Inner):
+        try:
+            cls.decode(data)
+        except DecodeError:
+            pass
+
+
+@given(everything, st.integers(0, 10_000), st.integers(0, 255))
+def test_mutated_encodings_decode_or_decode_error(value: Everything, pos: int, byte: int) -> None:
+    enc = bytearray(value.encode())
+    enc[pos % len(enc)] = byte
+    try:
+        Everything.decode(bytes(enc))
+    except DecodeError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("n", "wire"),
+    [
+        (0, "00"),
+        (37, "25"),
+        (63, "3f"),
+        (64, "4040"),
+        (15293, "7bbd"),
+        (16383, "7fff"),
+        (16384, "80004000"),
+        (494878333, "9d7f3e7d"),
+        ((1 << 30) - 1, "bfffffff"),
+    ],
+)
+def test_varint_known_values(n: int, wire: str) -> None:
+    assert encode_varint(n).hex() == wire
+    assert decode_varint(bytes.fromhex(wire), 0) == (n, len(wire) // 2)
+
+
+@pytest.mark.parametrize("wire", ["4025", "80000025", "80003fff", "c000000000000001", "40", "8000"])
+def test_varint_rejects_non_minimal_truncated_and_8_byte(wire: str) -> None:
+    with pytest.raises(DecodeError):
+        decode_varint(bytes.fromhex(wire), 0)
+
+
+def test_varint_too_large_to_encode() -> None:
+    with pytest.raises(ValueError):
+        encode_varint(1 << 30)
+
+
+def test_trailing_bytes_rejected() -> None:
+    enc = Inner(1, b"ab").encode()
+    assert Inner.decode(enc) == Inner(1, b"ab")
+    with pytest.raises(DecodeError, match="trailing"):
+        Inner.decode(enc + b"\x00")
+
+
+def test_vector_running_past_buffer_rejected() -> None:
+    with pytest.raises(DecodeError):
+        Inner.decode(b"\x00\x01\x05ab")
+
+
+def test_max_len_enforced() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Small(Struct):
+        v: Annotated[bytes, MaxLen(2)]
+
+    assert Small.decode(b"\x02ab").v == b"ab"
+    with pytest.raises(DecodeError, match="limit"):
+        Small.decode(b"\x03abc")
+
+
+def test_unknown_enum_value_rejected() -> None:
+    @dataclass(frozen=True, slots=True)
+    class HasColor(Struct):
+        c: Color
+
+    assert HasColor.decode(b"\x02").c is Color.GREEN
+    with pytest.raises(DecodeError, match="unknown Color"):
+        HasColor.decode(b"\x07")
+
+
+def test_bad_optional_and_bool_octets_rejected() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Opt(Struct):
+        o: bytes | None
+        f: bool
+
+    assert Opt.decode(b"\x01\x01x\x01") == Opt(b"x", True)
+    with pytest.raises(DecodeError):
+        Opt.decode(b"\x02\x01x\x01")
+    with pytest.raises(DecodeError):
+        Opt.decode(b"\x00\x02")
+
+
+def test_invalid_utf8_rejected() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Name(Struct):
+        s: str
+
+    with pytest.raises(DecodeError, match="UTF-8"):
+        Name.decode(b"\x02\xff\xfe")
+
+
+def test_encoding_refuses_values_that_do_not_fit() -> None:
+    with pytest.raises(ValueError):
+        Inner(70000, b"").encode()
+
+
+def test_hand_written_variant_with_reader_writer() -> None:
+    w = Writer()
+    w.u16(7)
+    w.vector([1, 2, 3], lambda w2, v: w2.u8(v))
+    w.optional(None, lambda w2, v: w2.u8(v))
+    r = Reader(w.getvalue())
+    assert r.u16() == 7
+    assert r.vector(lambda rr: rr.u8()) == (1, 2, 3)
+    assert r.optional(lambda rr: rr.u8()) is None
+    r.finish()
+
+
+def test_item_limit_on_vectors() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Few(Struct):
+        items: Annotated[tuple[Annotated[int, U8], ...], MaxLen(2)]
+
+    assert Few.decode(b"\x02\x01\x02").items == (1, 2)
+    with pytest.raises(DecodeError):
+        Few.decode(b"\x03\x01\x02\x03")
