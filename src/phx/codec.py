@@ -366,7 +366,7 @@ class Struct:
             hints = typing.get_type_hints(cls, include_extras=True)
             plan = [(f.name, *_codec_for(hints[f.name], cls)) for f in fields(cls)]  # type: ignore[arg-type]
             type.__setattr__(cls, "_plan_cache", plan)
-        return plan  # type: ignore[no-any-return]
+        return plan
 
     def _write(self, w: Writer) -> None:
         for name, write, _ in self._compile():
