@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from phx.codec import Writer
 from phx.crypto import suite
 from phx.mls.key_schedule import derive_epoch_secrets
+from phx.mls.messages import GroupContext, ProtocolVersion
 
 
 def _h(s: str) -> bytes:
@@ -14,15 +14,7 @@ def _h(s: str) -> bytes:
 
 
 def _group_context(cipher_suite: int, group_id: bytes, epoch: int, tree_hash: bytes, cth: bytes) -> bytes:
-    w = Writer()
-    w.u16(1)  # mls10
-    w.u16(cipher_suite)
-    w.opaque(group_id)
-    w.u64(epoch)
-    w.opaque(tree_hash)
-    w.opaque(cth)
-    w.opaque(b"")  # extensions = {}
-    return w.getvalue()
+    return GroupContext(ProtocolVersion.MLS10, cipher_suite, group_id, epoch, tree_hash, cth, ()).encode()
 
 
 def run(entry: dict[str, Any]) -> None:
