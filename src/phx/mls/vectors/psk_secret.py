@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from phx.codec import Writer
 from phx.crypto import suite
+from phx.mls.messages import PreSharedKeyID
 from phx.mls.psk import psk_secret
 
 
@@ -14,11 +14,7 @@ def _h(s: str) -> bytes:
 
 
 def _external_psk_id(psk_id: bytes, psk_nonce: bytes) -> bytes:
-    w = Writer()
-    w.u8(1)  # PSKType.external
-    w.opaque(psk_id)
-    w.opaque(psk_nonce)
-    return w.getvalue()
+    return PreSharedKeyID.external(psk_id, psk_nonce).encode()
 
 
 def run(entry: dict[str, Any]) -> None:
