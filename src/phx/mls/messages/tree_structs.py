@@ -34,6 +34,9 @@ __all__ = [
     "UpdatePathNode",
     "UpdatePath",
     "GroupContext",
+    "tree_hash_input_leaf",
+    "tree_hash_input_parent",
+    "parent_hash_input",
 ]
 
 
@@ -195,3 +198,31 @@ class GroupContext(Struct):
             r.opaque(),
             read_extensions(r),
         )
+
+
+def tree_hash_input_leaf(leaf_index: int, leaf: LeafNode | None) -> bytes:
+    """``TreeHashInput`` for a leaf: node_type leaf, then ``LeafNodeHashInput``."""
+    w = Writer()
+    w.u8(NodeType.LEAF)
+    w.u32(leaf_index)
+    w.optional(leaf, Writer.struct)
+    return w.getvalue()
+
+
+def tree_hash_input_parent(parent: ParentNode | None, left_hash: bytes, right_hash: bytes) -> bytes:
+    """``TreeHashInput`` for a parent: node_type parent, then ``ParentNodeHashInput``."""
+    w = Writer()
+    w.u8(NodeType.PARENT)
+    w.optional(parent, Writer.struct)
+    w.opaque(left_hash)
+    w.opaque(right_hash)
+    return w.getvalue()
+
+
+def parent_hash_input(encryption_key: bytes, parent_hash: bytes, original_sibling_tree_hash: bytes) -> bytes:
+    """``ParentHashInput`` (RFC 9420 §7.9)."""
+    w = Writer()
+    w.opaque(encryption_key)
+    w.opaque(parent_hash)
+    w.opaque(original_sibling_tree_hash)
+    return w.getvalue()
