@@ -15,6 +15,10 @@ already consumed — a replay).
 
 from __future__ import annotations
 
+import hmac
+from functools import lru_cache
+
+from phx.codec import encode_varint
 from phx.crypto import CipherSuite
 from phx.errors import MlsError
 from phx.mls import tree_math
@@ -57,6 +61,7 @@ class InvalidSenderLeaf(RatchetError):
     pass
 
 
+@lru_cache(maxsize=64)
 def _kdf_label_prefix(label: bytes, length: int) -> bytes:
     # KDFLabel up to (not including) its context: uint16 length || opaque label<V>.
     full = b"MLS 1.0 " + label
@@ -67,7 +72,7 @@ class HashRatchet:
     """One sender ratchet: ``ratchet_secret_[N]_[j]`` and the keys/nonces derived from it (§9.1)."""
 
     __slots__ = (
-        "_kdf",
+        "_hash_name",
         "_secret",
         "_next",
         "_skipped",
@@ -94,7 +99,9 @@ class HashRatchet:
         leaf: int = 0,
         kind: str = "application",
     ) -> None:
-        self._kdf = cs.kdf
+        if cs.aead.nk > cs.nh or cs.aead.nn > cs.nh:
+            raise ValueError("single-block key derivation needs Nk, Nn <= Nh")
+        self._hash_name = cs.kdf.hash_name
         self._secret = secret
         self._next = 0
         # Unconsumed keys of generations below ``_next`` (insertion order == generation order).
@@ -121,12 +128,12 @@ class HashRatchet:
         """Derive the key/nonce of generation ``_next`` and advance the ratchet secret."""
         if self._next > _MAX_GENERATION:
             raise RatchetError(f"{self.kind} ratchet of leaf {self.leaf} is exhausted")
-        ctx = b"\x04" + self._next.to_bytes(4, "big")
-        expand = self._kdf.expand
-        secret = self._secret
-        key = expand(secret, self._key_info + ctx, self._nk)
-        nonce = expand(secret, self._nonce_info + ctx, self._nn)
-        self._secret = expand(secret, self._secret_info + ctx, self._nh)
+        # HKDF-Expand of at most Nh bytes is one HMAC block: T(1) = HMAC(prk, info || 0x01).
+        ctx = b"\x04" + self._next.to_bytes(4, "big") + b"\x01"
+        secret, h = self._secret, self._hash_name
+        key = hmac.digest(secret, self._key_info + ctx, h)[: self._nk]
+        nonce = hmac.digest(secret, self._nonce_info + ctx, h)[: self._nn]
+        self._secret = hmac.digest(secret, self._secret_info + ctx, h)
         self._next += 1
         return key, nonce
 
@@ -268,6 +275,15 @@ def sender_data_key_nonce(
 ) -> tuple[bytes, bytes]:
     """§6.3.2: key and nonce sealing SenderData, from the first ``Nh`` bytes of the content ciphertext."""
     sample = ciphertext[: cs.nh]
-    key = cs.expand_with_label(sender_data_secret, b"key", sample, cs.aead.nk)
-    nonce = cs.expand_with_label(sender_data_secret, b"nonce", sample, cs.aead.nn)
+    nk, nn = cs.aead.nk, cs.aead.nn
+    if nk > cs.nh or nn > cs.nh:
+        return (
+            cs.expand_with_label(sender_data_secret, b"key", sample, nk),
+            cs.expand_with_label(sender_data_secret, b"nonce", sample, nn),
+        )
+    # Same as ExpandWithLabel, inlined for the per-message hot path (one HMAC block each).
+    ctx = encode_varint(len(sample)) + sample + b"\x01"
+    h = cs.kdf.hash_name
+    key = hmac.digest(sender_data_secret, _kdf_label_prefix(b"key", nk) + ctx, h)[:nk]
+    nonce = hmac.digest(sender_data_secret, _kdf_label_prefix(b"nonce", nn) + ctx, h)[:nn]
     return key, nonce
