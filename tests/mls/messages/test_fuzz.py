@@ -131,6 +131,18 @@ def _check_all(data: bytes) -> None:
             continue
         # Every decoder is canonical: what decodes re-encodes to the very same bytes.
         assert encode(value) == data, name
+    # The hot structs have a fast path for ``bytes`` and the generic Reader path for other buffers: both
+    # must accept and reject exactly the same inputs.
+    for cls in (LeafNode, ParentNode, Node, KeyPackage, UpdatePath, Commit, MLSMessage):
+        try:
+            fast: Any = cls.decode(data)
+        except DecodeError:
+            fast = DecodeError
+        try:
+            slow: Any = cls.decode(memoryview(data))
+        except DecodeError:
+            slow = DecodeError
+        assert fast == slow, cls.__name__
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

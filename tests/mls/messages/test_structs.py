@@ -129,6 +129,18 @@ def test_leaf_node_source_fields_must_match() -> None:
         LeafNode.decode(bytes(data))
 
 
+def test_leaf_node_cached_encoding_follows_the_value() -> None:
+    leaf = samples.leaf(LeafNodeSource.COMMIT)
+    data = leaf.encode()
+    decoded = LeafNode.decode(data)
+    assert decoded.encode() == data
+    assert LeafNode.decode(memoryview(data)).encode() == data
+    changed = replace(decoded, parent_hash=b"\x99")
+    assert changed.encode() != data and LeafNode.decode(changed.encode()) == changed
+    assert decoded.with_signature(b"s").encode().endswith(b"\x01s")
+    assert leaf_node_tbs(decoded, b"g", 1) == leaf_node_tbs(leaf, b"g", 1)
+
+
 def test_leaf_node_tbs() -> None:
     kp_leaf = samples.leaf(LeafNodeSource.KEY_PACKAGE)
     full = kp_leaf.encode()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from struct import pack
 
 from phx.codec import Reader, Struct, Writer, decode_all
 from phx.errors import DecodeError
+from phx.mls.messages import fastwire
 from phx.mls.messages.common import (
     Extension,
     HPKECiphertext,
@@ -21,10 +23,11 @@ from phx.mls.messages.common import (
     read_extensions,
     write_extensions,
 )
-from phx.mls.messages.leaf import LeafNode
+from phx.mls.messages.leaf import LeafNode, parse_leaf_node
 
 __all__ = [
     "ParentNode",
+    "parse_parent_node",
     "Node",
     "RatchetTree",
     "encode_ratchet_tree",
@@ -53,11 +56,21 @@ class ParentNode(Struct):
     def _write(self, w: Writer) -> None:
         w.opaque(self.encryption_key)
         w.opaque(self.parent_hash)
-        w.opaque(b"".join(i.to_bytes(4, "big") for i in self.unmerged_leaves))
+        w.opaque(pack(f">{len(self.unmerged_leaves)}I", *self.unmerged_leaves))
 
     @classmethod
     def _read(cls, r: Reader) -> ParentNode:
+        if type(r.data) is bytes:
+            node, r.pos = parse_parent_node(r.data, r.pos, r.end)
+            return node
         return cls(r.opaque(), r.opaque(), r.vector(_read_u32))
+
+
+def parse_parent_node(data: bytes, pos: int, end: int) -> tuple[ParentNode, int]:
+    encryption_key, pos = fastwire.opaque(data, pos, end)
+    parent_hash, pos = fastwire.opaque(data, pos, end)
+    unmerged, pos = fastwire.u32_list(data, pos, end)
+    return ParentNode(encryption_key, parent_hash, unmerged), pos
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +133,50 @@ def _read_optional_node(r: Reader) -> Node | None:
 
 
 def write_ratchet_tree(w: Writer, nodes: Sequence[Node | None]) -> None:
-    w.vector(nodes, _write_optional_node)
+    inner = Writer()
+    buf = inner.buf
+    for node in nodes:
+        if node is None:
+            buf.append(0)
+            continue
+        v = node.value
+        if isinstance(v, LeafNode):
+            buf += b"\x01\x01"
+            buf += v.encoded()
+        else:
+            buf += b"\x01\x02"
+            v._write(inner)
+    w.opaque(bytes(buf))
 
 
 def read_ratchet_tree(r: Reader) -> RatchetTree:
-    return r.vector(_read_optional_node)
+    data = r.data
+    if type(data) is not bytes:
+        return r.vector(_read_optional_node)
+    pos, stop = fastwire.vl(data, r.pos, r.end)
+    out: list[Node | None] = []
+    append = out.append
+    while pos < stop:
+        flag = data[pos]
+        if flag == 0:
+            append(None)
+            pos += 1
+            continue
+        if flag != 1:
+            raise DecodeError(f"invalid optional presence octet {flag}")
+        if pos + 1 >= stop:
+            raise DecodeError("truncated integer")
+        node_type = data[pos + 1]
+        if node_type == NodeType.LEAF:
+            leaf, pos = parse_leaf_node(data, pos + 2, stop)
+            append(Node(leaf))
+        elif node_type == NodeType.PARENT:
+            parent, pos = parse_parent_node(data, pos + 2, stop)
+            append(Node(parent))
+        else:
+            raise DecodeError(f"unknown NodeType value {node_type}")
+    r.pos = stop
+    return tuple(out)
 
 
 def encode_ratchet_tree(nodes: Sequence[Node | None]) -> bytes:
