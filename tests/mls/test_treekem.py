@@ -286,3 +286,40 @@ def test_make_leaf_must_use_given_values() -> None:
             m.tree, 0, lambda e, ph: commit_leaf_node(CS, base, e, b"", GROUP_ID, 0, m.sig_priv)
         )
     assert m.tree.encode() == before
+
+
+def test_external_commit_into_blank_leaf() -> None:
+    g = Group()
+    g.commit(0, adds=3)
+    g.commit(1, removes=(2,))
+    leaf, enc, sig = make_key_package_leaf(CS, "joiner")
+    tree = g.members[0].tree.copy()
+    idx = tree.free_leaf()
+    assert idx == 2 and tree.leaf(idx) is None
+    pending = generate_update_path(
+        tree,
+        idx,
+        lambda e, ph: commit_leaf_node(CS, leaf, e, ph, GROUP_ID, idx, sig),
+        leaf_private_key=None,
+    )
+    g.epoch += 1
+    ctx = context(tree, g.epoch)
+    path = pending.encrypt(ctx)
+    for j, m in g.members.items():
+        assert m.tree.free_leaf() == idx
+        merge_update_path(m.tree, idx, path)
+        _, commit_secret = decrypt_update_path(m.tree, m.private, idx, path, ctx)
+        assert commit_secret == pending.commit_secret, j
+    g.members[idx] = Member(tree, pending.private, sig)
+    g.check()
+    assert enc != pending.private.leaf_private_key  # the path brings a fresh leaf key
+
+
+def test_merge_rejects_reuse_of_own_old_path_key() -> None:
+    g, _, path, _ = _two_member_setup()
+    t = g.members[2].tree
+    old_root = t.parent_node(3)
+    assert old_root is not None
+    reused = replace(path.nodes[1], encryption_key=old_root.encryption_key)
+    with pytest.raises(MlsError, match="reuses"):
+        merge_update_path(t, 0, replace(path, nodes=(path.nodes[0], reused)))

@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 
-from phx.codec import Reader, Writer, decode_all
+from phx.codec import Writer
 from phx.crypto import CipherSuite
 from phx.errors import MlsError
 from phx.mls import tree_math as tm
-from phx.mls.messages import LeafNode, LeafNodeSource, Node, ParentNode
+from phx.mls.messages import LeafNode, LeafNodeSource, Node, ParentNode, decode_ratchet_tree
 
 __all__ = ["RatchetTree", "TreeNode"]
 
@@ -88,12 +88,8 @@ class RatchetTree:
 
     @classmethod
     def decode(cls, suite: CipherSuite, data: bytes) -> RatchetTree:
-        """Decode ``optional<Node> ratchet_tree<V>``."""
-
-        def read(r: Reader) -> tuple[Node | None, ...]:
-            return r.vector(lambda rr: rr.optional(Node.read))
-
-        return cls.from_wire_nodes(suite, decode_all(read, data))
+        """Decode ``optional<Node> ratchet_tree<V>`` (e.g. the ratchet_tree extension's data)."""
+        return cls.from_wire_nodes(suite, decode_ratchet_tree(data))
 
     def wire_nodes(self) -> list[Node | None]:
         """The ``ratchet_tree`` vector: array order, trailing blanks dropped."""
@@ -333,13 +329,22 @@ class RatchetTree:
         del nodes[width:]
         del self._hashes[width:]
 
-    def add_leaf(self, leaf: LeafNode) -> int:
-        """Add a member at the leftmost blank leaf (extending if none) and record it as unmerged above."""
+    def free_leaf(self) -> int:
+        """Index of the leftmost blank leaf, doubling the tree first if there is none.
+
+        Also where an external joiner's UpdatePath goes (§12.4.3.2) before its leaf is set.
+        """
         nodes = self._nodes
         index = next((x >> 1 for x in range(0, len(nodes), 2) if nodes[x] is None), None)
         if index is None:
             index = self.n_leaves
             self._extend()
+        return index
+
+    def add_leaf(self, leaf: LeafNode) -> int:
+        """Add a member at the leftmost blank leaf (extending if none) and record it as unmerged above."""
+        nodes = self._nodes
+        index = self.free_leaf()
         for p in self.direct_path(index):
             parent = nodes[p]
             if parent is not None:

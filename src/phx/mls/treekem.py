@@ -250,10 +250,12 @@ def generate_update_path(
 
     ``make_leaf(encryption_key, parent_hash)`` builds the signed commit-source LeafNode (see
     :func:`commit_leaf_node`). ``exclude`` lists the leaves added by this commit, which get no
-    ciphertexts. ``leaf_private_key`` / ``first_path_secret`` default to fresh randomness.
+    ciphertexts. ``leaf_private_key`` / ``first_path_secret`` default to fresh randomness. The leaf may
+    be blank (an external joiner at :meth:`RatchetTree.free_leaf`).
     """
     suite = tree.suite
-    tree.require_leaf(leaf_index)
+    if not 0 <= leaf_index < tree.n_leaves:
+        raise MlsError(f"leaf {leaf_index} is outside the tree")
     pairs = tree.filtered_path_with_copath(leaf_index)
     recipients: list[list[bytes]] = []
     for _, c in pairs:
@@ -296,12 +298,14 @@ def merge_update_path(
 
     ``exclude`` lists leaves added by the same commit. On failure the tree is unchanged. The leaf
     node's own validation (signature, capabilities, §7.3) is the caller's, with source ``commit``.
+    For an external commit the sender's leaf is still blank (see :meth:`RatchetTree.free_leaf`).
     """
-    old_leaf = tree.require_leaf(sender)
+    if not 0 <= sender < tree.n_leaves:
+        raise MlsError(f"UpdatePath sender {sender} is outside the tree")
+    old_leaf = tree.leaf(sender)
     pairs = tree.filtered_path_with_copath(sender)
     if len(path.nodes) != len(pairs):
         raise MlsError(f"UpdatePath has {len(path.nodes)} nodes, filtered direct path has {len(pairs)}")
-    own = set(tree.direct_path(sender))
     seen: set[bytes] = set()
     for (p, c), upn in zip(pairs, path.nodes, strict=True):
         expected = len(tree.resolution(c, exclude))
@@ -312,11 +316,12 @@ def merge_update_path(
     leaf = path.leaf_node
     if leaf.leaf_node_source != LeafNodeSource.COMMIT:
         raise MlsError("UpdatePath leaf node must have leaf_node_source commit")
-    if leaf.encryption_key == old_leaf.encryption_key:
+    if old_leaf is not None and leaf.encryption_key == old_leaf.encryption_key:
         raise MlsError("UpdatePath leaf node must change the encryption key")
     for key in (leaf.encryption_key, *(n.encryption_key for n in path.nodes)):
-        owner = tree.encryption_key_owner(key)
-        if key in seen or (owner is not None and owner not in own):
+        # "None of the public keys in the UpdatePath appear in any node of the new ratchet tree" (§12.4.2),
+        # the sender's own old path included.
+        if key in seen or tree.encryption_key_owner(key) is not None:
             raise MlsError("UpdatePath reuses an encryption key already in the tree")
         seen.add(key)
 
