@@ -168,7 +168,9 @@ class Group:
         ctx = GroupContext(
             ProtocolVersion.MLS10, cs.suite_id, group_id, epoch, tree.tree_hash(), b"", extensions
         )
-        return cls(cs, tree, ctx, b"", dict(enumerate(clients)))
+        tag = os.urandom(32)
+        # §11: the creator's interim transcript hash already covers the first confirmation tag.
+        return cls(cs, tree, ctx, interim_transcript_hash(cs, b"", tag), dict(enumerate(clients)), tag)
 
     def group_info(self, signer: int = 0, extensions: tuple[Extension, ...] = ()) -> GroupInfo:
         gi = GroupInfo(self.context, extensions, self.confirmation_tag, signer, b"")
@@ -293,6 +295,13 @@ class Group:
             self.context, epoch=self.context.epoch + 1, tree_hash=tree.tree_hash(), extensions=exts
         )
         return pending.encrypt(provisional.encode())
+
+    def advance(self, msg: PublicMessage, tree: RatchetTree) -> None:
+        """Move this view to the epoch ``msg`` (built by :meth:`commit`) starts."""
+        ctx, interim = self.expected_context(msg, tree)
+        assert msg.auth.confirmation_tag is not None
+        self.tree, self.context, self.interim = tree, ctx, interim
+        self.confirmation_tag = msg.auth.confirmation_tag
 
     # --- advancing our own view (what a correct DS would compute) ---------------------------------
     def expected_context(self, msg: PublicMessage, tree: RatchetTree) -> tuple[GroupContext, bytes]:
