@@ -8,6 +8,7 @@ attacker would send). Everything is public-state only, plus the private keys a m
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -201,7 +202,7 @@ class Group:
     def commit(
         self,
         sender: int,
-        proposals: list[Proposal | bytes] = (),  # type: ignore[assignment]
+        proposals: Sequence[Proposal | bytes] = (),
         *,
         path: bool = True,
         referenced: dict[bytes, tuple[Proposal, int]] | None = None,
@@ -239,7 +240,7 @@ class Group:
         *,
         remove: int | None = None,
         path: bool = True,
-        extra: list[Proposal] = (),  # type: ignore[assignment]
+        extra: Sequence[Proposal] = (),
         external_init: bool = True,
     ) -> tuple[PublicMessage, RatchetTree]:
         tree = self.tree.copy()
