@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 from functools import lru_cache
 
-from phx.codec import encode_varint
+from phx.codec import Reader, Writer, decode_all, encode_varint
 from phx.crypto import CipherSuite
 from phx.errors import MlsError
 from phx.mls import tree_math
@@ -192,6 +192,36 @@ class HashRatchet:
         self.consume(generation)
         return kn
 
+    # --- persistence --------------------------------------------------------------------------------
+    def write(self, w: Writer) -> None:
+        """Serialize the ratchet state (secret, position, retained keys). The bytes are secret."""
+        w.opaque(self._secret)
+        w.u32(self._next)
+        w.u32(self._floor)
+        w.u32(self.max_forward)
+        w.u32(self.max_skipped)
+        w.u32(len(self._skipped))
+        for g, (key, nonce) in self._skipped.items():
+            w.u32(g)
+            w.opaque(key)
+            w.opaque(nonce)
+
+    @classmethod
+    def read(cls, cs: CipherSuite, r: Reader, *, leaf: int, kind: str) -> HashRatchet:
+        secret = r.opaque()
+        nxt, floor, max_forward, max_skipped = r.u32(), r.u32(), r.u32(), r.u32()
+        ratchet = cls(cs, secret, max_forward=max_forward, max_skipped=max_skipped, leaf=leaf, kind=kind)
+        ratchet._next = nxt
+        ratchet._floor = floor
+        prev = -1
+        for _ in range(r.u32()):
+            g = r.u32()
+            if not prev < g < nxt:
+                raise ValueError("skipped generations must be increasing and below the ratchet position")
+            prev = g
+            ratchet._skipped[g] = (r.opaque(), r.opaque())
+        return ratchet
+
 
 class SecretTree:
     """The secret tree of one epoch for a group of ``n_leaves`` leaves (a power of two)."""
@@ -268,6 +298,49 @@ class SecretTree:
 
     def consume(self, leaf: int, handshake: bool, generation: int) -> None:
         self.ratchet(leaf, handshake).consume(generation)
+
+    # --- persistence --------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """The whole state: remaining node secrets and every leaf's two ratchets. The bytes are secret."""
+        w = Writer()
+        w.u32(self.n_leaves)
+        w.u32(self.max_forward)
+        w.u32(self.max_skipped)
+        w.u32(len(self._nodes))
+        for x, secret in sorted(self._nodes.items()):
+            w.u32(x)
+            w.opaque(secret)
+        w.u32(len(self._ratchets))
+        for leaf, (handshake, application) in sorted(self._ratchets.items()):
+            w.u32(leaf)
+            handshake.write(w)
+            application.write(w)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, cs: CipherSuite, data: bytes) -> SecretTree:
+        """Inverse of :meth:`to_bytes`; raises :class:`~phx.errors.DecodeError` on malformed input."""
+
+        def read(r: Reader) -> SecretTree:
+            n_leaves, max_forward, max_skipped = r.u32(), r.u32(), r.u32()
+            tree = cls(cs, b"", n_leaves, max_forward=max_forward, max_skipped=max_skipped)
+            tree._nodes.clear()
+            width = tree_math.node_width(n_leaves)
+            for _ in range(r.u32()):
+                x = r.u32()
+                if x >= width:
+                    raise ValueError(f"secret tree node {x} outside the tree")
+                tree._nodes[x] = r.opaque()
+            for _ in range(r.u32()):
+                leaf = r.u32()
+                if leaf >= n_leaves:
+                    raise ValueError(f"secret tree leaf {leaf} outside the tree")
+                handshake = HashRatchet.read(cs, r, leaf=leaf, kind="handshake")
+                application = HashRatchet.read(cs, r, leaf=leaf, kind="application")
+                tree._ratchets[leaf] = (handshake, application)
+            return tree
+
+        return decode_all(read, data)
 
 
 def sender_data_key_nonce(
