@@ -220,3 +220,19 @@ def test_item_limit_on_vectors() -> None:
     assert Few.decode(b"\x02\x01\x02").items == (1, 2)
     with pytest.raises(DecodeError):
         Few.decode(b"\x03\x01\x02\x03")
+
+
+@dataclass(frozen=True, slots=True)
+class Empty(Struct):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Many(Struct):
+    items: tuple[Empty, ...]
+
+
+def test_zero_length_items_cannot_loop_forever() -> None:
+    assert Many.decode(b"\x00").items == ()
+    with pytest.raises(DecodeError, match="zero length"):
+        Many.decode(b"\x01\x00")

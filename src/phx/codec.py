@@ -33,7 +33,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, ClassVar, Self, TypeVar, get_args, get_origin
+from typing import Any, Self, TypeVar, get_args, get_origin
 
 from phx.errors import DecodeError
 
@@ -60,11 +60,12 @@ MAX_VARINT = (1 << 30) - 1
 class Width:
     """Marks an int field with its wire width in bytes."""
 
-    __slots__ = ("size", "fmt")
+    __slots__ = ("size", "fmt", "packer")
 
     def __init__(self, size: int, fmt: str) -> None:
         self.size = size
         self.fmt = fmt
+        self.packer = _struct.Struct(fmt)
 
     def __repr__(self) -> str:
         return f"U{self.size * 8}"
@@ -140,7 +141,7 @@ class Writer:
 
     def uint(self, width: Width, v: int) -> None:
         try:
-            self.buf += _struct.pack(width.fmt, v)
+            self.buf += width.packer.pack(v)
         except _struct.error as e:
             raise ValueError(f"{v} does not fit {width!r}") from e
 
@@ -164,10 +165,12 @@ class Writer:
         self.buf += b
 
     def vector(self, items: typing.Iterable[Any], write_item: Callable[[Writer, Any], None]) -> None:
+        """Write ``T<V>``; ``write_item(writer, item)`` (for structs use ``Writer.struct``)."""
         inner = Writer()
         for item in items:
             write_item(inner, item)
-        self.opaque(bytes(inner.buf))
+        self.buf += encode_varint(len(inner.buf))
+        self.buf += inner.buf
 
     def struct(self, s: Struct) -> None:
         s._write(self)
@@ -207,7 +210,7 @@ class Reader:
         n = width.size
         if self.pos + n > self.end:
             raise DecodeError("truncated integer")
-        v: int = _struct.unpack_from(width.fmt, self.data, self.pos)[0]
+        v: int = width.packer.unpack_from(self.data, self.pos)[0]
         self.pos += n
         return v
 
@@ -241,7 +244,11 @@ class Reader:
         sub = Reader(self.data, self.pos, self.pos + n)
         items = []
         while sub.pos < sub.end:
+            before = sub.pos
             items.append(read_item(sub))
+            if sub.pos == before:
+                # An item that consumes nothing would repeat forever.
+                raise DecodeError("vector item of zero length")
             if limit is not None and len(items) > limit:
                 raise DecodeError(f"vector exceeds its limit of {limit} items")
         self.pos = sub.end
@@ -357,7 +364,6 @@ class Struct:
     """Base of every wire struct. Subclasses are ``@dataclass(frozen=True, slots=True)``."""
 
     __slots__ = ()
-    _plan: ClassVar[list[tuple[str, _Write, _Read]] | None] = None
 
     @classmethod
     def _compile(cls) -> list[tuple[str, _Write, _Read]]:
