@@ -1,25 +1,32 @@
-"""The ``phx`` command."""
+"""The ``phx`` command: one entry point, one sub-command per job."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from phx import __version__
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from phx.demo import run
+
+    return run()
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phx", description="Phoenix homeserver and client")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("version", help="print the version")
+    parser = argparse.ArgumentParser(prog="phx", description="Phoenix homeserver (AS, DS, QS) and client")
+    parser.add_argument("--version", action="version", version=f"phx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the end-to-end demo and check that every message arrived")
+    demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "version":
-        from phx import __version__
-
-        print(__version__)
-    return 0
+    code: int = args.func(args)
+    return code
 
 
 if __name__ == "__main__":
