@@ -1,0 +1,281 @@
+"""SQLite backend (aiosqlite): WAL, one serialized writer, a small pool of read-only readers.
+
+Durability: ``synchronous=FULL`` even in WAL mode. With ``NORMAL`` a WAL commit is not fsynced, so a power
+loss can drop the last transactions although the client already got its 2xx — and the DS/QS acknowledge
+messages on commit. FULL costs one fsync of the WAL per commit.
+
+Concurrency inside one process: every write transaction goes through one connection behind an
+``asyncio.Lock`` and starts with ``BEGIN IMMEDIATE``, so tasks queue on the lock instead of failing with
+``SQLITE_BUSY``. ``busy_timeout`` covers writers from *other* processes (a CLI tool on the same file).
+Read-only transactions use separate ``query_only`` connections and see a WAL snapshot concurrently with
+the writer. ``:memory:`` databases are private to one connection, so there every transaction shares the
+writer (readonly ones switch ``query_only`` on for their duration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import lru_cache
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+
+from phx.errors import ConfigError, Conflict, Unavailable
+
+from .base import Connection, Database, Engine, Row, TransactionAborted
+
+MIN_SQLITE_VERSION = (3, 37, 0)  # STRICT tables (3.37), RETURNING (3.35), UPSERT (3.24)
+BUSY_TIMEOUT_MS = 5000
+
+_T = TypeVar("_T")
+
+# Tokens that may contain a "$n" which is not a placeholder: string literals, quoted identifiers, comments.
+_SQL_TOKEN = re.compile(
+    r"""
+      '(?:[^']|'')*'            # string literal
+    | "(?:[^"]|"")*"            # quoted identifier
+    | `[^`]*`                   # MySQL-style quoted identifier (SQLite accepts it)
+    | \[[^\]]*\]                # [bracketed] identifier
+    | --[^\n]*                  # line comment
+    | /\*.*?\*/                 # block comment
+    | \$(\d+)                   # placeholder
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+_UNIQUE_CODES = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+
+
+@lru_cache(maxsize=1024)
+def translate_placeholders(sql: str) -> str:
+    """Rewrite PostgreSQL ``$n`` placeholders to SQLite ``?n``, leaving literals and comments alone."""
+
+    def sub(m: re.Match[str]) -> str:
+        return "?" + m.group(1) if m.group(1) is not None else m.group(0)
+
+    return _SQL_TOKEN.sub(sub, sql)
+
+
+def split_script(script: str) -> list[str]:
+    """Split a script into complete statements (``sqlite3.complete_statement`` knows triggers and quotes)."""
+    statements: list[str] = []
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if _has_code(buf):
+                statements.append(buf.strip())
+            buf = ""
+    if _has_code(buf[:-1]):
+        raise ValueError("incomplete SQL statement at end of script")
+    return statements
+
+
+def _has_code(sql: str) -> bool:
+    stripped = re.sub(r"--[^\n]*|/\*.*?\*/", "", sql, flags=re.DOTALL)
+    return stripped.strip(" \t\r\n;") != ""
+
+
+class SqliteConnection(Connection):
+    engine: Engine = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._state = "open"  # open | failed | closed
+
+    async def _guard(self, op: Callable[[], Awaitable[_T]]) -> _T:
+        if self._state != "open":
+            raise TransactionAborted(f"transaction is {self._state}")
+        try:
+            return await op()
+        except sqlite3.IntegrityError as e:
+            self._state = "failed"
+            if getattr(e, "sqlite_errorname", "") in _UNIQUE_CODES:
+                raise Conflict("already exists") from e
+            raise
+        except BaseException:
+            self._state = "failed"
+            raise
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async def run() -> int:
+            cur = await self._conn.execute(translate_placeholders(sql), args)
+            try:
+                return max(cur.rowcount, 0)
+            finally:
+                await cur.close()
+
+        return await self._guard(run)
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        async def run() -> None:
+            cur = await self._conn.executemany(translate_placeholders(sql), args)
+            await cur.close()
+
+        await self._guard(run)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        rows = await self._guard(lambda: self._conn.execute_fetchall(translate_placeholders(sql), args))
+        return cast(list[Row], list(rows))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        async def run() -> Row | None:
+            cur = await self._conn.execute(translate_placeholders(sql), args)
+            try:
+                return cast(Row | None, await cur.fetchone())
+            finally:
+                await cur.close()
+
+        return await self._guard(run)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]
+
+    async def execute_script(self, sql: str) -> None:
+        # Not executescript(): it COMMITs the open transaction first, which would break migrations' atomicity.
+        async def run() -> None:
+            for statement in split_script(sql):
+                cur = await self._conn.execute(statement)
+                await cur.close()
+
+        await self._guard(run)
+
+    def _close(self) -> None:
+        self._state = "closed"
+
+
+class SqliteDatabase(Database):
+    engine: Engine = "sqlite"
+
+    def __init__(self, path: str, *, readers: int = 4, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.path = path
+        self.memory = path == ":memory:"
+        self._n_readers = 0 if self.memory else max(1, readers)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+
+    async def open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise ConfigError(
+                f"server.database_url: SQLite {sqlite3.sqlite_version} is too old, need "
+                + ".".join(map(str, MIN_SQLITE_VERSION))
+            )
+        try:
+            if not self.memory:
+                # Open once synchronously first: when aiosqlite's connect fails it leaves its worker thread
+                # to report to the event loop later, which breaks if the loop is gone by then.
+                await asyncio.to_thread(_probe, self.path)
+            self._writer = await self._connect(readonly=False)
+            for _ in range(self._n_readers):
+                reader = await self._connect(readonly=True)
+                self._all_readers.append(reader)
+                self._readers.put_nowait(reader)
+        except sqlite3.Error as e:
+            await self.close()
+            raise Unavailable(f"cannot open SQLite database {self.path!r}: {e}") from e
+
+    async def _connect(self, *, readonly: bool) -> aiosqlite.Connection:
+        # isolation_level=None: no implicit BEGINs from the sqlite3 module; we issue BEGIN/COMMIT ourselves.
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            if not self.memory and not readonly:
+                mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+                if mode is None or str(mode[0]).lower() != "wal":
+                    raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode={mode!r})")
+            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            if readonly:
+                await conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Connection]:
+        return self._transaction(readonly)
+
+    @asynccontextmanager
+    async def _transaction(self, readonly: bool) -> AsyncIterator[Connection]:
+        if self._closed or self._writer is None:
+            raise TransactionAborted("database is closed")
+        token = self._enter_tx()
+        try:
+            if readonly and not self.memory:
+                reader = await self._readers.get()
+                try:
+                    async with self._run(reader, "BEGIN", query_only=False) as conn:
+                        yield conn
+                finally:
+                    self._readers.put_nowait(reader)
+            else:
+                async with self._write_lock:
+                    begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+                    async with self._run(self._writer, begin, query_only=readonly) as conn:
+                        yield conn
+        finally:
+            self._leave_tx(token)
+
+    @asynccontextmanager
+    async def _run(
+        self, raw: aiosqlite.Connection, begin: str, *, query_only: bool
+    ) -> AsyncIterator[Connection]:
+        if query_only:
+            await raw.execute("PRAGMA query_only = ON")
+        try:
+            await raw.execute(begin)
+            conn = SqliteConnection(raw)
+            try:
+                yield conn
+            except BaseException:
+                conn._close()
+                await _rollback(raw)
+                raise
+            conn._close()
+            try:
+                await raw.execute("COMMIT")
+            except BaseException:
+                await _rollback(raw)
+                raise
+        finally:
+            if query_only:
+                await raw.execute("PRAGMA query_only = OFF")
+
+    async def ping(self) -> None:
+        try:
+            async with self.transaction(readonly=True) as conn:
+                await conn.fetchval("SELECT 1")
+        except (sqlite3.Error, ValueError) as e:
+            raise Unavailable(f"SQLite database does not answer: {e}") from e
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for reader in self._all_readers:
+            await reader.close()
+        self._all_readers.clear()
+        if self._writer is not None:
+            # Take the lock so a running write transaction finishes before the connection goes away.
+            async with self._write_lock:
+                await self._writer.close()
+
+
+def _probe(path: str) -> None:
+    sqlite3.connect(path).close()
+
+
+async def _rollback(raw: aiosqlite.Connection) -> None:
+    # Some errors (SQLITE_FULL, IOERR, …) already rolled the transaction back; ROLLBACK would then fail.
+    if raw.in_transaction:
+        await asyncio.shield(raw.execute("ROLLBACK"))
