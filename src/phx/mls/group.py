@@ -627,7 +627,10 @@ class Group:
         return pending.result
 
     def _committable(self, now: int, inline: list[Proposal]) -> list[tuple[ProposalOrRef, ResolvedProposal]]:
-        """Stored proposals this member can commit, in arrival order, without conflicts (§12.2)."""
+        """Stored proposals this member can commit, in arrival order, without conflicts (§12.2).
+
+        A stored ReInit is committed alone when no inline proposals are given, and left out otherwise.
+        """
         me = self.leaf_index
         touched: set[int] = {p.value.removed for p in inline if isinstance(p.value, Remove)}
         has_gce = any(isinstance(p.value, GroupContextExtensions) for p in inline)
@@ -636,6 +639,16 @@ class Group:
             p.value.key_package.leaf_node.signature_key for p in inline if isinstance(p.value, Add)
         }
         check = _credential_check(self.credential_validator)
+        if not inline:
+            # A ReInit must be alone in its commit (§12.2): a stored one wins over everything else.
+            for entry in self._store:
+                rp = entry.resolved()
+                if isinstance(rp.proposal.value, ReInit):
+                    try:
+                        validate_proposal(self.cs, self._state.context, self._state.tree, rp, now=now)
+                    except MlsError:
+                        continue
+                    return [(ProposalOrRef(entry.ref), rp)]
         out: list[tuple[ProposalOrRef, ResolvedProposal]] = []
         for entry in self._store:
             rp = entry.resolved()
