@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -8,9 +9,13 @@ import pytest
 from phx.errors import DecodeError, MlsError, SignatureError, WrongEpoch
 from phx.mls.commit_core import InvalidCommit, InvalidProposal, InvalidProposalList, InvalidUpdatePath
 from phx.mls.framing import sign_content
+from phx.mls.group import Group as ClientGroup
+from phx.mls.group_state import CommitResult
+from phx.mls.key_package import KeyPackageBundle, create_key_package
 from phx.mls.messages import (
     Add,
     ContentType,
+    Credential,
     ExternalSender,
     FramedContent,
     FramedContentAuthData,
@@ -54,7 +59,7 @@ def setup(n: int = 4, **kw: object) -> tuple[Group, PublicGroup]:
     return g, PublicGroup.from_group_info(g.group_info(0), g.tree.encode(), NOW)
 
 
-def commit_outcome(pg: PublicGroup, msg: PublicMessage) -> CommitOutcome:
+def commit_outcome(pg: PublicGroup, msg: PublicMessage | MLSMessage) -> CommitOutcome:
     out = pg.process(msg, NOW)
     assert isinstance(out, CommitOutcome)
     return out
@@ -526,3 +531,77 @@ def test_persistence_round_trip() -> None:
 def test_group_info_type_is_the_wire_struct() -> None:
     g, pg = setup(2)
     assert isinstance(pg.group_info, GroupInfo) and pg.group_info.signer == 0
+
+
+def test_uncommitted_proposals() -> None:
+    g, pg = setup(4)
+    outs = [pg.process(g.proposal_message(0, P(Remove(i))), NOW) for i in (1, 2)]
+    for o in outs:
+        pg.accept(o)
+    p1 = outs[0]
+    assert isinstance(p1, ProposalOutcome)
+    msg, _ = g.commit(3, [p1.ref], referenced={p1.ref: (P(Remove(1)), 0)})
+    out = commit_outcome(pg, msg)
+    assert [e.ref for e in pg.uncommitted_proposals(out)] == [outs[1].ref]  # type: ignore[union-attr]
+
+
+# --- against the real client group -----------------------------------------------------------------------
+
+
+def test_follows_client_groups() -> None:
+    def kp(name: bytes) -> KeyPackageBundle:
+        priv, _ = CS.generate_signature_key_pair()
+        return create_key_package(CS, Credential.basic(name), priv, now=NOW)
+
+    a_priv, _ = CS.generate_signature_key_pair()
+    alice = ClientGroup.create(CS, Credential.basic(b"alice"), a_priv, now=NOW)
+    gi0 = alice.group_info(ratchet_tree=False, external_pub=False).group_info
+    assert gi0 is not None
+    pg = PublicGroup.from_group_info(gi0, alice.tree.encode(), NOW)
+    assert pg.interim_transcript_hash == alice._state.interim_transcript_hash
+
+    def step(
+        committer: ClientGroup, result: CommitResult, others: Sequence[ClientGroup] = ()
+    ) -> CommitOutcome:
+        out = pg.process(result.commit, NOW)
+        assert isinstance(out, CommitOutcome)
+        committer.merge_pending_commit()
+        for o in others:
+            o.process(result.commit, now=NOW)
+        # the committer signs the GroupInfo the DS rebuilds
+        gi = committer.group_info(ratchet_tree=False, external_pub=False).group_info
+        assert gi is not None and out.group_info_tbs() == gi.tbs()
+        pg.accept(out, out.group_info(gi.signature))
+        assert pg.context == committer.context and pg.tree == committer.tree
+        return out
+
+    bob_b, carol_b = kp(b"bob"), kp(b"carol")
+    res = alice.commit(now=NOW, add=[bob_b.key_package, carol_b.key_package])
+    out = step(alice, res)
+    assert [a.leaf_index for a in out.added] == [1, 2]
+    assert res.welcome is not None
+    bob = ClientGroup.join_from_welcome(res.welcome, bob_b, now=NOW, ratchet_tree=pg.encoded_tree())
+    carol = ClientGroup.join_from_welcome(res.welcome, carol_b, now=NOW)
+    step(bob, bob.commit(now=NOW, path=True), [alice, carol])  # update with path
+    prop = carol.propose_remove(0, now=NOW)
+    pout = pg.process(prop.message, NOW)
+    assert isinstance(pout, ProposalOutcome) and pout.ref == prop.ref
+    pg.accept(pout)
+    for m in (alice, bob):
+        m.process(prop.message, now=NOW)
+    out = step(bob, bob.commit(now=NOW), [carol, alice])  # commits carol's Remove by reference
+    assert [r.leaf_index for r in out.removed] == [0] and pg.member_count() == 2
+    # an external joiner, from the DS's GroupInfo plus the committer's external_pub
+    gi_ext = bob.group_info(ratchet_tree=False, external_pub=True).group_info
+    assert gi_ext is not None
+    d_priv, _ = CS.generate_signature_key_pair()
+    dave, ext_commit = ClientGroup.join_external(
+        gi_ext, Credential.basic(b"dave"), d_priv, now=NOW, ratchet_tree=pg.encoded_tree()
+    )
+    out = commit_outcome(pg, ext_commit)
+    assert out.is_external and out.committer_leaf == 0
+    pg.accept(out)
+    dave.merge_pending_commit()
+    for m in (bob, carol):
+        m.process(ext_commit, now=NOW)
+    assert pg.context == dave.context == bob.context and pg.tree == dave.tree

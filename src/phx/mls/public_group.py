@@ -107,7 +107,6 @@ class ProposalOutcome:
     proposal: Proposal
     sender: Sender
     content: AuthenticatedContent
-    generation: int = field(default=0, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +116,6 @@ class OpaqueOutcome:
     epoch: int
     content_type: ContentType
     message: PrivateMessage
-    generation: int = field(default=0, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +138,6 @@ class CommitOutcome:
     content: AuthenticatedContent
     tree: RatchetTree = field(repr=False)
     support: MemberSupport = field(repr=False)
-    generation: int = field(default=0, repr=False)
 
     @property
     def is_external(self) -> bool:
@@ -191,7 +188,6 @@ class PublicGroup:
         "group_info",
         "_support",
         "_context_bytes",
-        "_generation",
     )
 
     def __init__(
@@ -217,7 +213,6 @@ class PublicGroup:
         self.group_info = group_info
         self._support = support if support is not None else MemberSupport.of_tree(tree)
         self._context_bytes = context.encode()
-        self._generation = 0
 
     # --- creation -----------------------------------------------------------------------------------
     @classmethod
@@ -299,6 +294,11 @@ class PublicGroup:
     def pending_proposals(self) -> list[StoredProposal]:
         return list(self.store)
 
+    def uncommitted_proposals(self, outcome: CommitOutcome) -> list[StoredProposal]:
+        """Stored proposals the commit does not include (Phoenix: a commit must include all of them)."""
+        included = {p.ref for p in outcome.proposals if p.ref is not None}
+        return [e for e in self.store if e.ref not in included]
+
     # --- processing ---------------------------------------------------------------------------------
     def process(
         self,
@@ -320,7 +320,7 @@ class PublicGroup:
             message = body
         if isinstance(message, PrivateMessage):
             self._check_group_epoch(message.group_id, message.epoch)
-            return OpaqueOutcome(self.epoch, message.content_type, message, self._generation)
+            return OpaqueOutcome(self.epoch, message.content_type, message)
         content = message.content
         self._check_group_epoch(content.group_id, content.epoch)
         st, ct = content.sender.sender_type, content.content_type
@@ -341,16 +341,15 @@ class PublicGroup:
         """Apply a processed message: store a proposal, or move to the commit's new epoch.
 
         ``group_info`` (from :meth:`CommitOutcome.group_info`) becomes the group's GroupInfo; without
-        it the group has none until :meth:`set_group_info`. An outcome from another epoch or computed
-        before another accept is refused.
+        it the group has none until :meth:`set_group_info`. An outcome of another epoch (another commit was
+        accepted since) is refused.
         """
-        if outcome.epoch != self.epoch or outcome.generation != self._generation:
-            raise WrongEpoch("outcome was computed for another state of the group")
+        if outcome.epoch != self.epoch:
+            raise WrongEpoch(f"outcome is for epoch {outcome.epoch}, the group is at epoch {self.epoch}")
         if isinstance(outcome, OpaqueOutcome):
             return
         if isinstance(outcome, ProposalOutcome):
             self.store.add(outcome.content)
-            self._generation += 1
             return
         if group_info is not None and group_info.group_context != outcome.new_context:
             raise MlsError("GroupInfo does not describe the commit's new epoch")
@@ -362,7 +361,6 @@ class PublicGroup:
         self._support = outcome.support
         self.store = ProposalStore(self.cs)
         self.group_info = group_info
-        self._generation += 1
 
     def group_info_tbs(self, signer: int, extensions: Sequence[Extension] = ()) -> bytes:
         """The current epoch's GroupInfoTBS with ``signer`` as the signing leaf."""
@@ -429,7 +427,7 @@ class PublicGroup:
         rp = ResolvedProposal(proposal, auth.content.sender)
         validate_proposal(self.cs, self.context, self.tree, rp, now=now, check_credential=check_credential)
         ref = proposal_ref(self.cs, auth)
-        return ProposalOutcome(self.epoch, ref, proposal, auth.content.sender, auth, self._generation)
+        return ProposalOutcome(self.epoch, ref, proposal, auth.content.sender, auth)
 
     def _process_commit(
         self,
@@ -485,7 +483,6 @@ class PublicGroup:
             content=auth,
             tree=app.tree,
             support=app.support,
-            generation=self._generation,
         )
 
     # --- persistence --------------------------------------------------------------------------------
