@@ -726,3 +726,11 @@ def test_credential_change_in_path_checked_against_members() -> None:
     with pytest.raises(InvalidUpdatePath, match="not supported by every member"):
         stage(g, msg)
     assert SUITE_1.suite_id == 1
+
+
+def test_gce_external_senders_must_not_repeat_keys() -> None:
+    g = Group.create(2)
+    s = ExternalSender(g.clients[0].sig_pub, g.clients[0].leaf.credential)
+    vp(g, GroupContextExtensions((make_external_senders_extension([s]),)), Sender.member(0))
+    with pytest.raises(InvalidProposal, match="signature key twice"):
+        vp(g, GroupContextExtensions((make_external_senders_extension([s, s]),)), Sender.member(0))
