@@ -1,0 +1,208 @@
+"""HTTP plumbing shared by every service: error responses, bounded bodies, request metrics.
+
+Error bodies are JSON ``{"error": <code>, "message": <text>}`` with the status of the
+:mod:`phx.errors` class (``RateLimited`` adds ``Retry-After``). Anything else that escapes an endpoint is a
+bug: it is logged with its traceback and answered 500 ``internal_error`` without details.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from phx.errors import BadRequest, PayloadTooLarge, PhxError, RateLimited
+
+from .metrics import Counter, Gauge, Registry
+
+log = logging.getLogger("phx.server")
+
+DEFAULT_MAX_BODY = 1 << 20
+_SCOPE_MAX_BODY = "phx.max_body_size"
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_body(code: str, message: str) -> dict[str, str]:
+    return {"error": code, "message": message}
+
+
+def error_response(exc: BaseException, *, path: str = "") -> JSONResponse:
+    """The response a peer sees for ``exc``; logs internal errors."""
+    if isinstance(exc, PhxError) and exc.status != 500:
+        if exc.status >= 500:
+            log.warning("%s: %s: %s", path or "request", exc.code, exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(max(0, math.ceil(exc.retry_after)))
+        return JSONResponse(
+            error_body(exc.code, str(exc) or exc.code), status_code=exc.status, headers=headers
+        )
+    # PhxError with status 500 (ConfigError, the bare root) or any other exception: our bug, not the
+    # peer's. Keep the details in the log, not in the response.
+    log.error("internal error while handling %s", path or "a request", exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own HTTPExceptions (unknown route, wrong method) in our JSON shape."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers) if exc.headers else None
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
+
+
+class ErrorMiddleware:
+    """Outermost phx middleware: maps every exception that reaches it to a JSON error response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                # Too late for an error response; let the server drop the connection.
+                log.error("error after the response started (%s)", scope.get("path"), exc_info=exc)
+                raise
+            await error_response(exc, path=str(scope.get("path", "")))(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_body_size`` bytes with 413, whether declared by Content-Length or
+    streamed (chunked); :func:`read_body` applies tighter per-endpoint limits."""
+
+    def __init__(self, app: ASGIApp, max_body_size: int = DEFAULT_MAX_BODY) -> None:
+        self.app = app
+        self.max_body_size = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_size
+        scope[_SCOPE_MAX_BODY] = limit
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise BadRequest("invalid Content-Length") from None
+            if length < 0:
+                raise BadRequest("invalid Content-Length")
+            return length
+    return None
+
+
+async def read_body(request: Request, limit: int | None = None) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes (default: the app-wide limit) without
+    buffering past it."""
+    if limit is None:
+        limit = int(request.scope.get(_SCOPE_MAX_BODY, DEFAULT_MAX_BODY))
+    declared = _content_length(request.scope)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class HttpMetrics:
+    """The request counters every app exports."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.requests: Counter = registry.counter(
+            "phx_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+        )
+        self.in_progress: Gauge = registry.gauge(
+            "phx_http_requests_in_progress", "HTTP requests being handled"
+        )
+
+
+class MetricsMiddleware:
+    """Counts requests by method, route and status. The route label is the matched path (our paths carry no
+    parameters) or ``unmatched``, so scanners cannot blow up the label set."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.in_progress.inc()
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            self.metrics.in_progress.dec()
+            self.metrics.requests.inc(
+                method=str(scope["method"]), route=_route_label(scope), status=str(status)
+            )
+
+
+def _route_label(scope: Scope) -> str:
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return "unmatched"
+    if scope.get("path_params"):
+        return str(getattr(endpoint, "__qualname__", "parametrized"))
+    return str(scope.get("path", "unmatched"))
