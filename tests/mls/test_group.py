@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from phx.errors import MlsError
+from phx.errors import MlsError, WrongEpoch
 from phx.mls.group import Group
 from phx.mls.group_state import (
     ApplicationMessage,
@@ -14,6 +14,7 @@ from phx.mls.group_state import (
     GroupStatus,
     ProposalReceived,
 )
+from phx.mls.key_package import default_capabilities
 from phx.mls.messages import (
     Add,
     Extension,
@@ -393,3 +394,48 @@ def test_add_proposal_from_member_is_stored() -> None:
     p = b.propose_add(client("x").key_package().key_package, now=NOW)
     out = a.process(p.message, now=NOW)
     assert isinstance(out, ProposalReceived) and isinstance(out.proposal.value, Add)
+
+
+def test_late_application_message_from_a_kept_past_epoch() -> None:
+    cfg = GroupConfig(max_past_epochs=1)
+    a = client("alice").create_group(config=cfg)
+    bob_kp = client("bob").key_package()
+    result = a.commit(now=NOW, add=[bob_kp.key_package])
+    a.merge_pending_commit()
+    b = Group.join_from_welcome(result.welcome, bob_kp, now=NOW, config=cfg)  # type: ignore[arg-type]
+    late = a.send(b"sent before the commit")
+    older = a.send(b"two epochs old")
+    commit_all(b, [a])
+    assert b.process(late, now=NOW) == ApplicationMessage(0, b"sent before the commit", b"", 1)
+    commit_all(b, [a])
+    with pytest.raises(WrongEpoch):
+        b.process(older, now=NOW)
+    # Without the setting, the same situation is a WrongEpoch.
+    _, (x, y) = make_group(2)
+    stale = x.send(b"late")
+    commit_all(y, [x])
+    with pytest.raises(WrongEpoch):
+        y.process(stale, now=NOW)
+
+
+def test_own_commit_relayed_back_merges_it() -> None:
+    _, (a, b) = make_group(2)
+    result = a.commit(now=NOW)
+    deliver(result.commit, [b])
+    out = a.process(result.commit.encode(), now=NOW)
+    assert isinstance(out, CommitApplied) and a.pending_commit is None
+    assert_in_sync([a, b])
+
+
+def test_commit_with_new_leaf_extensions() -> None:
+    ext = Extension(0xF0F0, b"profile")
+    caps = default_capabilities(CS, 1, extensions=[0xF0F0])
+    alice, bob = client("alice"), client("bob")
+    a = alice.create_group(capabilities=caps)
+    bob_kp = bob.key_package(capabilities=caps)
+    result = a.commit(now=NOW, add=[bob_kp.key_package])
+    a.merge_pending_commit()
+    b = Group.join_from_welcome(result.welcome, bob_kp, now=NOW)  # type: ignore[arg-type]
+    commit_all(b, [a], leaf_extensions=[ext])
+    assert a.member(1) is not None and b.own_leaf.extensions == (ext,)
+    assert_in_sync([a, b])

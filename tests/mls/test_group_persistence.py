@@ -118,3 +118,23 @@ def test_secret_tree_round_trip() -> None:
     assert sent[0][0] == 0 and again.max_skipped == 4
     with pytest.raises(DecodeError):
         SecretTree.from_bytes(CS, tree.to_bytes()[:-3])
+
+
+def test_round_trip_keeps_past_epochs() -> None:
+    cfg = GroupConfig(max_past_epochs=2)
+    a = client("alice").create_group(config=cfg)
+    bob_kp = client("bob").key_package()
+    result = a.commit(now=NOW, add=[bob_kp.key_package])
+    a.merge_pending_commit()
+    b = Group.join_from_welcome(result.welcome, bob_kp, now=NOW, config=cfg)  # type: ignore[arg-type]
+    late = [a.send(b"e1")]
+    commit_all(a, [b])
+    late.append(a.send(b"e2"))
+    commit_all(b, [a])
+    b = _reload(b)
+    assert [b.process(m, now=NOW) for m in late] == [
+        ApplicationMessage(0, b"e1", b"", 1),
+        ApplicationMessage(0, b"e2", b"", 2),
+    ]
+    with pytest.raises(GenerationReused):
+        b.process(late[0], now=NOW)

@@ -17,17 +17,20 @@ from phx.errors import MlsError
 from phx.mls.commit_core import (
     ClientIdentity,
     InvalidCommit,
+    InvalidProposal,
     ProposalApplication,
     ProposalStore,
     ResolvedProposal,
     apply_proposals,
     stage_commit,
+    validate_proposal,
 )
 from phx.mls.framing import FramingContext, protect_private, protect_public, sign_content
 from phx.mls.group_state import CommitApplied, CommitResult, EpochState, Member, PendingCommit
 from phx.mls.key_schedule import EpochSecrets, derive_epoch_secrets, external_init_receive, external_init_send
 from phx.mls.leaf_validation import CredentialCheck, MemberSupport
 from phx.mls.messages import (
+    Add,
     AuthenticatedContent,
     Commit,
     Extension,
@@ -36,6 +39,7 @@ from phx.mls.messages import (
     FramedContent,
     FramedContentAuthData,
     GroupContext,
+    GroupContextExtensions,
     GroupInfo,
     LeafNode,
     MLSMessage,
@@ -44,11 +48,15 @@ from phx.mls.messages import (
     Proposal,
     ProposalOrRef,
     PublicMessage,
+    ReInit,
     Remove,
     Sender,
+    SenderType,
     Update,
     WireFormat,
+    find_extension,
     make_external_pub_extension,
+    parse_external_senders,
 )
 from phx.mls.transcript import confirmed_transcript_hash, interim_transcript_hash
 from phx.mls.tree import RatchetTree
@@ -64,10 +72,12 @@ from phx.mls.welcome import NewMemberSecrets, build_welcome, sign_group_info
 __all__ = [
     "PskResolver",
     "build_group_info",
+    "committable_proposals",
     "create_commit",
     "create_external_commit",
     "process_commit",
     "provisional_context",
+    "sender_signature_key",
 ]
 
 #: Resolves a commit's PSK ids to ``psk_secret`` (None for none); raises if a PSK is unknown.
@@ -422,3 +432,91 @@ def create_external_commit(
     )
     app.committer_leaf = me
     return state, message, _outcome(nxt.context.epoch, sender, app, me, authenticated_data)
+
+
+def committable_proposals(
+    cs: CipherSuite,
+    context: GroupContext,
+    tree: RatchetTree,
+    store: ProposalStore,
+    inline: Sequence[Proposal],
+    *,
+    me: int,
+    now: int,
+    check_credential: CredentialCheck | None = None,
+) -> list[tuple[ProposalOrRef, ResolvedProposal]]:
+    """Stored proposals member ``me`` can commit next to ``inline``, in arrival order (§12.2).
+
+    Left out: invalid ones, our own Update and Remove of us (the committer may not commit them), and
+    those conflicting with an earlier choice (second update/remove of a leaf, second GCE, repeated PSK,
+    same client added twice). A stored ReInit is committed alone when ``inline`` is empty.
+    """
+
+    def valid(rp: ResolvedProposal) -> bool:
+        try:
+            validate_proposal(cs, context, tree, rp, now=now, check_credential=check_credential)
+        except MlsError:
+            return False
+        return True
+
+    if not inline:
+        for entry in store:
+            rp = entry.resolved()
+            if isinstance(rp.proposal.value, ReInit) and valid(rp):
+                return [(ProposalOrRef(entry.ref), rp)]
+    touched: set[int] = {p.value.removed for p in inline if isinstance(p.value, Remove)}
+    has_gce = any(isinstance(p.value, GroupContextExtensions) for p in inline)
+    psk_ids = {p.value.psk.encode() for p in inline if isinstance(p.value, PreSharedKey)}
+    keys = {p.value.key_package.leaf_node.signature_key for p in inline if isinstance(p.value, Add)}
+    out: list[tuple[ProposalOrRef, ResolvedProposal]] = []
+    for entry in store:
+        rp = entry.resolved()
+        body = rp.proposal.value
+        if isinstance(body, ReInit | ExternalInit):
+            continue
+        if isinstance(body, Update | Remove):
+            leaf = rp.sender.leaf_index if isinstance(body, Update) else body.removed
+            if leaf is None or leaf == me or leaf in touched:
+                continue
+            touched.add(leaf)
+        elif isinstance(body, GroupContextExtensions):
+            if has_gce:
+                continue
+            has_gce = True
+        elif isinstance(body, PreSharedKey):
+            if body.psk.encode() in psk_ids:
+                continue
+            psk_ids.add(body.psk.encode())
+        elif isinstance(body, Add):
+            if body.key_package.leaf_node.signature_key in keys:
+                continue
+            keys.add(body.key_package.leaf_node.signature_key)
+        if valid(rp):
+            out.append((ProposalOrRef(entry.ref), rp))
+    return out
+
+
+def sender_signature_key(tree: RatchetTree, extensions: Sequence[Extension], content: FramedContent) -> bytes:
+    """The key that must have signed ``content``, by sender type (§6.1); raises for unknown senders."""
+    sender = content.sender
+    st = sender.sender_type
+    if st == SenderType.MEMBER:
+        leaf = tree.leaf(sender.index or 0)
+        if leaf is None:
+            raise MlsError(f"sender leaf {sender.index} is blank or outside the tree")
+        return leaf.signature_key
+    if st == SenderType.EXTERNAL:
+        ext = find_extension(extensions, ExtensionType.EXTERNAL_SENDERS)
+        senders = parse_external_senders(ext) if ext is not None else ()
+        if (sender.index or 0) >= len(senders):
+            raise MlsError(f"unknown external sender {sender.index}")
+        return senders[sender.index or 0].signature_key
+    if st == SenderType.NEW_MEMBER_PROPOSAL:
+        p = content.proposal
+        if p is None or not isinstance(p.value, Add):
+            raise InvalidProposal("a new_member_proposal sender can only propose add")
+        return p.value.key_package.leaf_node.signature_key
+    c = content.commit
+    if c is None or c.path is None:
+        raise InvalidCommit("an external commit must contain a path")
+    return c.path.leaf_node.signature_key

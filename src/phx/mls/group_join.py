@@ -6,7 +6,6 @@ must be validated in full before anything in it is trusted: :func:`verified_tree
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from phx.crypto import CipherSuite
@@ -14,7 +13,7 @@ from phx.errors import DecodeError, MlsError
 from phx.mls import tree_math as tm
 from phx.mls.group_state import EpochState
 from phx.mls.key_package import KeyPackageBundle
-from phx.mls.key_schedule import epoch_secrets_from_joiner
+from phx.mls.key_schedule import derive_epoch_secrets, epoch_secrets_from_joiner
 from phx.mls.leaf_validation import (
     CredentialCheck,
     InvalidLeafNode,
@@ -23,13 +22,19 @@ from phx.mls.leaf_validation import (
     check_leaf_supports_group,
 )
 from phx.mls.messages import (
+    Extension,
     ExtensionType,
+    GroupContext,
     GroupInfo,
+    LeafNode,
     PreSharedKeyID,
+    ProtocolVersion,
     PSKType,
+    ReInit,
     ResumptionPSKUsage,
     Welcome,
     find_extension,
+    parse_external_pub,
 )
 from phx.mls.transcript import interim_transcript_hash
 from phx.mls.tree import RatchetTree
@@ -45,7 +50,14 @@ from phx.mls.welcome import (
     verify_group_info_signature,
 )
 
-__all__ = ["WelcomeJoin", "join_welcome", "verified_tree"]
+__all__ = [
+    "WelcomeJoin",
+    "check_resumed_group",
+    "external_pub_of",
+    "initial_state",
+    "join_welcome",
+    "verified_tree",
+]
 
 
 def verified_tree(
@@ -144,14 +156,50 @@ def join_welcome(
     return WelcomeJoin(state, gi, special[0] if special else None)
 
 
-def resumption_from(groups: Sequence[Callable[[bytes, int], bytes | None]]) -> ResumptionLookup:
-    """Chain several lookups: the first that knows the (group, epoch) answers."""
+def initial_state(
+    cs: CipherSuite,
+    leaf: LeafNode,
+    encryption_private_key: bytes,
+    group_id: bytes,
+    extensions: tuple[Extension, ...],
+) -> EpochState:
+    """Epoch 0 of a new one-member group (§11)."""
+    required = check_group_context_extensions(extensions)
+    check_leaf_supports_group(leaf, extensions, required, "creator's leaf")
+    tree = RatchetTree.one_member(cs, leaf)
+    ctx = GroupContext(ProtocolVersion.MLS10, cs.suite_id, group_id, 0, tree.tree_hash(), b"", extensions)
+    # §11 asks for a random epoch secret; deriving it from a random init secret is the same distribution.
+    secrets = derive_epoch_secrets(cs, cs.random(), None, ctx.encode())
+    tag = secrets.confirmation_tag(b"")
+    private = PrivateTree(cs, 0, encryption_private_key)
+    interim = interim_transcript_hash(cs, b"", tag)
+    return EpochState(ctx, tree, private, secrets, interim, tag, MemberSupport.of_tree(tree))
 
-    def lookup(group_id: bytes, epoch: int) -> bytes | None:
-        for g in groups:
-            v = g(group_id, epoch)
-            if v is not None:
-                return v
-        return None
 
-    return lookup
+def check_resumed_group(joined: WelcomeJoin, old: GroupContext, committed_reinit: ReInit | None) -> None:
+    """§12.4.3.1: a Welcome resuming ``old`` (reinit or branch) fits it. ``committed_reinit`` is the ReInit
+    the old group's last commit carried, if any."""
+    r = joined.resumption
+    gc = joined.group_info.group_context
+    if r is None or r.psk_group_id != old.group_id:
+        raise MlsError("the Welcome does not resume the given old group")
+    if r.usage == ResumptionPSKUsage.REINIT:
+        ri = committed_reinit
+        if ri is None or r.psk_epoch != old.epoch:
+            raise MlsError("the old group's last commit is not a ReInit for this epoch")
+        if (ri.group_id, ri.version, ri.cipher_suite, ri.extensions) != (
+            gc.group_id, gc.version, gc.cipher_suite, gc.extensions,
+        ):  # fmt: skip
+            raise MlsError("the new group does not match the committed ReInit")
+    elif (gc.version, gc.cipher_suite) != (old.version, old.cipher_suite):
+        raise MlsError("a branched group must keep the old group's version and cipher suite")
+
+
+def external_pub_of(group_info: GroupInfo) -> bytes:
+    ext = find_extension(group_info.extensions, ExtensionType.EXTERNAL_PUB)
+    if ext is None:
+        raise MlsError("the GroupInfo has no external_pub extension")
+    try:
+        return parse_external_pub(ext)
+    except DecodeError as e:
+        raise MlsError(f"malformed external_pub extension: {e}") from e

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from phx.codec import Reader, Writer
 from phx.crypto import CipherSuite
 from phx.errors import DecodeError
+from phx.mls.framing import FramingContext
 from phx.mls.key_schedule import EpochSecrets
 from phx.mls.leaf_validation import MemberSupport
 from phx.mls.messages import (
@@ -40,6 +41,7 @@ __all__ = [
     "GroupStatus",
     "Member",
     "Outcome",
+    "PastEpoch",
     "PendingCommit",
     "ProposalMessage",
     "ProposalReceived",
@@ -62,12 +64,17 @@ class GroupStatus(enum.IntEnum):
 class GroupConfig:
     """Per-group tuning, persisted with the group.
 
-    ``max_forward`` / ``max_skipped``: the out-of-order window of each sender ratchet (how far ahead a
-    generation may be, how many skipped keys are kept). ``resumption_psk_epochs``: how many past epochs'
-    resumption PSKs are kept. ``handshake_wire_format``: default framing of our proposals and commits
-    (PublicMessage lets the DS track the group). ``ratchet_tree_in_welcome`` / ``external_pub_in_group_info``:
-    what Welcome and GroupInfo messages carry by default. ``padding_block``: application messages are
-    padded to a multiple of this many bytes (0: none).
+    * ``max_forward`` / ``max_skipped``: the out-of-order window of each sender ratchet (how far ahead a
+      generation may be, how many skipped keys are kept).
+    * ``resumption_psk_epochs``: how many past epochs' resumption PSKs are kept.
+    * ``handshake_wire_format``: default framing of our proposals and commits (PublicMessage lets the
+      DS track the group).
+    * ``ratchet_tree_in_welcome`` / ``external_pub_in_group_info``: what Welcome and GroupInfo messages
+      carry by default.
+    * ``padding_block``: application messages are padded to a multiple of this many bytes (0: none).
+    * ``max_past_epochs``: how many earlier epochs' message keys are kept to decrypt application
+      messages that arrive after the next commit (0: none; each costs forward secrecy and a copy of the
+      tree in the persisted state).
     """
 
     max_forward: int = DEFAULT_MAX_FORWARD
@@ -77,11 +84,13 @@ class GroupConfig:
     ratchet_tree_in_welcome: bool = True
     external_pub_in_group_info: bool = True
     padding_block: int = 0
+    max_past_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.handshake_wire_format not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
             raise ValueError("handshake_wire_format must be PUBLIC_MESSAGE or PRIVATE_MESSAGE")
-        if min(self.max_forward, self.max_skipped, self.resumption_psk_epochs, self.padding_block) < 0:
+        values = (self.max_forward, self.max_skipped, self.resumption_psk_epochs, self.padding_block)
+        if min(*values, self.max_past_epochs) < 0:
             raise ValueError("GroupConfig values must be non-negative")
 
     def write(self, w: Writer) -> None:
@@ -92,10 +101,11 @@ class GroupConfig:
         w.u8(int(self.ratchet_tree_in_welcome))
         w.u8(int(self.external_pub_in_group_info))
         w.u32(self.padding_block)
+        w.u32(self.max_past_epochs)
 
     @classmethod
     def read(cls, r: Reader) -> GroupConfig:
-        return cls(r.u32(), r.u32(), r.u32(), WireFormat.read(r), r.boolean(), r.boolean(), r.u32())
+        return cls(r.u32(), r.u32(), r.u32(), WireFormat.read(r), r.boolean(), r.boolean(), r.u32(), r.u32())
 
 
 # --- what the application sees -------------------------------------------------------------------------
@@ -236,6 +246,15 @@ class EpochState:
     @property
     def epoch(self) -> int:
         return self.context.epoch
+
+
+@dataclass
+class PastEpoch:
+    """What is kept of an earlier epoch to decrypt late application messages: its message keys and the
+    tree (for the senders' signature keys)."""
+
+    framing: FramingContext
+    tree: RatchetTree
 
 
 @dataclass

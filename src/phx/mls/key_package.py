@@ -37,6 +37,7 @@ __all__ = [
     "LAST_RESORT_EXTENSION_TYPE",
     "NOT_BEFORE_SKEW",
     "create_key_package",
+    "credential_check",
     "default_capabilities",
     "is_last_resort",
     "key_package_ref",
@@ -59,6 +60,17 @@ CredentialValidator = Callable[[Credential, bytes], None]
 
 _KEY_PACKAGE_TBS = b"KeyPackageTBS"
 _LEAF_NODE_TBS = b"LeafNodeTBS"
+
+
+def credential_check(validator: CredentialValidator | None) -> Callable[[LeafNode], None] | None:
+    """Adapt a :data:`CredentialValidator` to the leaf-based hook of :mod:`phx.mls.leaf_validation`."""
+    if validator is None:
+        return None
+
+    def check(leaf: LeafNode) -> None:
+        validator(leaf.credential, leaf.signature_key)
+
+    return check
 
 
 def default_capabilities(
