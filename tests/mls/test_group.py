@@ -3,10 +3,13 @@ path, external commits, PSKs, ReInit/branch, Welcome variants, and application m
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from phx.errors import MlsError, WrongEpoch
+from phx.errors import MlsError, SignatureError, WrongEpoch
 from phx.mls.group import Group
+from phx.mls.group_join import new_member_add_proposal
 from phx.mls.group_state import (
     ApplicationMessage,
     CommitApplied,
@@ -439,3 +442,25 @@ def test_commit_with_new_leaf_extensions() -> None:
     commit_all(b, [a], leaf_extensions=[ext])
     assert a.member(1) is not None and b.own_leaf.extensions == (ext,)
     assert_in_sync([a, b])
+
+
+def test_new_member_proposal_then_welcome() -> None:
+    _, (a, b) = make_group(2)
+    carol_kp = client("carol").key_package()
+    gi = a.group_info().group_info
+    assert gi is not None
+    msg = new_member_add_proposal(gi, carol_kp)
+    outs = deliver(msg, [a, b])
+    assert all(isinstance(o, ProposalReceived) and o.sender.sender_type == 3 for o in outs)
+    result, applied = commit_all(b, [a])
+    assert [m.credential.identity for m in applied.added] == [b"carol"]
+    c = Group.join_from_welcome(result.welcome, carol_kp, now=NOW)  # type: ignore[arg-type]
+    assert_in_sync([a, b, c])
+    # A new_member_proposal signed by someone else's key is rejected.
+    gi = a.group_info().group_info
+    assert gi is not None
+    mallory_kp = client("mallory").key_package()
+    stolen = replace(mallory_kp, signature_private_key=carol_kp.signature_private_key)
+    with pytest.raises(SignatureError):
+        a.process(new_member_add_proposal(gi, stolen), now=NOW)
+    assert a.pending_proposals() == []

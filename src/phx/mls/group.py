@@ -276,15 +276,49 @@ class Group(GroupBase):
         return MLSMessage(msg)
 
     # --- proposals -------------------------------------------------------------------------------------
-    def propose_add(self, key_package: KeyPackage, *, now: int, **kw: object) -> ProposalMessage:
-        return self._propose(Proposal(Add(key_package)), now=now, **kw)  # type: ignore[arg-type]
+    # Every propose_* takes ``wire_format`` (default: GroupConfig.handshake_wire_format) and
+    # ``authenticated_data``; the proposal is validated, stored, and its message returned.
+    def propose_add(
+        self,
+        key_package: KeyPackage,
+        *,
+        now: int,
+        wire_format: WireFormat | None = None,
+        authenticated_data: bytes = b"",
+    ) -> ProposalMessage:
+        return self.propose(
+            Proposal(Add(key_package)),
+            now=now,
+            wire_format=wire_format,
+            authenticated_data=authenticated_data,
+        )
 
-    def propose_remove(self, leaf_index: int, *, now: int, **kw: object) -> ProposalMessage:
-        return self._propose(Proposal(Remove(leaf_index)), now=now, **kw)  # type: ignore[arg-type]
+    def propose_remove(
+        self,
+        leaf_index: int,
+        *,
+        now: int,
+        wire_format: WireFormat | None = None,
+        authenticated_data: bytes = b"",
+    ) -> ProposalMessage:
+        return self.propose(
+            Proposal(Remove(leaf_index)),
+            now=now,
+            wire_format=wire_format,
+            authenticated_data=authenticated_data,
+        )
 
-    def propose_psk(self, psk: PreSharedKeyID | bytes, *, now: int, **kw: object) -> ProposalMessage:
+    def propose_psk(
+        self,
+        psk: PreSharedKeyID | bytes,
+        *,
+        now: int,
+        wire_format: WireFormat | None = None,
+        authenticated_data: bytes = b"",
+    ) -> ProposalMessage:
         """``psk`` is a PreSharedKeyID or an external PSK id (a fresh nonce is added)."""
-        return self._propose(Proposal(PreSharedKey(self._psk_id(psk))), now=now, **kw)  # type: ignore[arg-type]
+        p = Proposal(PreSharedKey(self._psk_id(psk)))
+        return self.propose(p, now=now, wire_format=wire_format, authenticated_data=authenticated_data)
 
     def propose_reinit(
         self,
@@ -293,14 +327,22 @@ class Group(GroupBase):
         group_id: bytes | None = None,
         cipher_suite: int | None = None,
         extensions: Sequence[Extension] | None = None,
-        **kw: object,
+        wire_format: WireFormat | None = None,
+        authenticated_data: bytes = b"",
     ) -> ProposalMessage:
-        return self._propose(Proposal(self._reinit_body(group_id, cipher_suite, extensions)), now=now, **kw)  # type: ignore[arg-type]
+        p = Proposal(self._reinit_body(group_id, cipher_suite, extensions))
+        return self.propose(p, now=now, wire_format=wire_format, authenticated_data=authenticated_data)
 
     def propose_group_context_extensions(
-        self, extensions: Sequence[Extension], *, now: int, **kw: object
+        self,
+        extensions: Sequence[Extension],
+        *,
+        now: int,
+        wire_format: WireFormat | None = None,
+        authenticated_data: bytes = b"",
     ) -> ProposalMessage:
-        return self._propose(Proposal(GroupContextExtensions(tuple(extensions))), now=now, **kw)  # type: ignore[arg-type]
+        p = Proposal(GroupContextExtensions(tuple(extensions)))
+        return self.propose(p, now=now, wire_format=wire_format, authenticated_data=authenticated_data)
 
     def propose_update(
         self,
@@ -320,19 +362,25 @@ class Group(GroupBase):
             extensions=old.extensions if leaf_extensions is None else tuple(leaf_extensions),
         )  # fmt: skip
         leaf = sign_leaf_node(self.cs, unsigned, self._sig_priv, self.group_id, self.leaf_index)
-        sent = self._propose(
-            Proposal(Update(leaf)), now=now, wire_format=wire_format, authenticated_data=authenticated_data
-        )
+        sent = self._send_proposal(Proposal(Update(leaf)), now, wire_format, authenticated_data)
         self._own_updates[sent.ref] = priv
         return sent
 
-    def _propose(
+    def propose(
         self,
         proposal: Proposal,
         *,
         now: int,
         wire_format: WireFormat | None = None,
         authenticated_data: bytes = b"",
+    ) -> ProposalMessage:
+        """Send any proposal but Update (use :meth:`propose_update`, which keeps the new private key)."""
+        if isinstance(proposal.value, Update):
+            raise MlsError("use propose_update for Update proposals")
+        return self._send_proposal(proposal, now, wire_format, authenticated_data)
+
+    def _send_proposal(
+        self, proposal: Proposal, now: int, wire_format: WireFormat | None, authenticated_data: bytes
     ) -> ProposalMessage:
         self._require(GroupStatus.ACTIVE)
         gc = self._state.context

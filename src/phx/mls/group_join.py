@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from phx.crypto import CipherSuite
 from phx.errors import DecodeError, MlsError
 from phx.mls import tree_math as tm
+from phx.mls.framing import sign_content
 from phx.mls.group_state import EpochState
 from phx.mls.key_package import KeyPackageBundle
 from phx.mls.key_schedule import derive_epoch_secrets, epoch_secrets_from_joiner
@@ -22,17 +23,25 @@ from phx.mls.leaf_validation import (
     check_leaf_supports_group,
 )
 from phx.mls.messages import (
+    Add,
     Extension,
     ExtensionType,
+    FramedContent,
+    FramedContentAuthData,
     GroupContext,
     GroupInfo,
     LeafNode,
+    MLSMessage,
     PreSharedKeyID,
+    Proposal,
     ProtocolVersion,
     PSKType,
+    PublicMessage,
     ReInit,
     ResumptionPSKUsage,
+    Sender,
     Welcome,
+    WireFormat,
     find_extension,
     parse_external_pub,
 )
@@ -56,6 +65,7 @@ __all__ = [
     "external_pub_of",
     "initial_state",
     "join_welcome",
+    "new_member_add_proposal",
     "verified_tree",
 ]
 
@@ -203,3 +213,19 @@ def external_pub_of(group_info: GroupInfo) -> bytes:
         return parse_external_pub(ext)
     except DecodeError as e:
         raise MlsError(f"malformed external_pub extension: {e}") from e
+
+
+def new_member_add_proposal(
+    group_info: GroupInfo, bundle: KeyPackageBundle, *, authenticated_data: bytes = b""
+) -> MLSMessage:
+    """A non-member asks to be added (§12.1.8, sender new_member_proposal): an Add of its own KeyPackage,
+    signed with the KeyPackage's key, for the epoch of ``group_info``. A member commits it and the
+    Welcome follows as usual."""
+    cs = bundle.cipher_suite
+    gc = group_info.group_context
+    if gc.cipher_suite != cs.suite_id:
+        raise MlsError("the KeyPackage's cipher suite does not match the group's")
+    proposal = Proposal(Add(bundle.key_package))
+    content = FramedContent(gc.group_id, gc.epoch, Sender.new_member_proposal(), authenticated_data, proposal)
+    sig = sign_content(cs, bundle.signature_private_key, WireFormat.PUBLIC_MESSAGE, content, None)
+    return MLSMessage(PublicMessage(content, FramedContentAuthData(sig)))
