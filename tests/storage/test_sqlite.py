@@ -140,3 +140,44 @@ async def test_commits_are_visible_to_a_fresh_handle(sqlite_url: str) -> None:
             assert await conn.fetchval("SELECT v FROM t") == b"\x01"
     finally:
         await db.close()
+
+
+async def test_cancel_while_waiting_for_begin_leaves_writer_clean(sqlite_url: str) -> None:
+    """A task cancelled while its BEGIN IMMEDIATE still waits (busy_timeout) on another process's write lock:
+    the BEGIN runs later on aiosqlite's thread, and must not leave our writer stuck inside a transaction."""
+    a = await open_database(sqlite_url)
+    b = await open_database(sqlite_url)
+    try:
+        async with a.transaction() as conn:
+            await conn.execute_script("CREATE TABLE t (n INTEGER)")
+        release = asyncio.Event()
+        holding = asyncio.Event()
+
+        async def hold_b() -> None:
+            async with b.transaction() as conn:
+                await conn.execute("INSERT INTO t VALUES ($1)", 0)
+                holding.set()
+                await release.wait()
+
+        async def write_a() -> None:
+            async with a.transaction() as conn:
+                await conn.execute("INSERT INTO t VALUES ($1)", 1)
+
+        holder = asyncio.create_task(hold_b())
+        await holding.wait()
+        blocked = asyncio.create_task(write_a())
+        await asyncio.sleep(0.3)  # a's BEGIN IMMEDIATE is now waiting inside SQLite
+        assert not blocked.done()
+        blocked.cancel()
+        # b commits while a's cancelled BEGIN is still pending, so that BEGIN then succeeds on a's thread.
+        release.set()
+        await holder
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        async with a.transaction() as conn:
+            await conn.execute("INSERT INTO t VALUES ($1)", 2)
+        async with a.transaction(readonly=True) as conn:
+            assert [r[0] for r in await conn.fetch("SELECT n FROM t ORDER BY n")] == [0, 2]
+    finally:
+        await a.close()
+        await b.close()

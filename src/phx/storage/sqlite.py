@@ -233,7 +233,11 @@ class SqliteDatabase(Database):
         if query_only:
             await raw.execute("PRAGMA query_only = ON")
         try:
-            await raw.execute(begin)
+            try:
+                await raw.execute(begin)
+            except BaseException:
+                await _rollback(raw)
+                raise
             conn = SqliteConnection(raw)
             try:
                 yield conn
@@ -276,6 +280,11 @@ def _probe(path: str) -> None:
 
 
 async def _rollback(raw: aiosqlite.Connection) -> None:
-    # Some errors (SQLITE_FULL, IOERR, …) already rolled the transaction back; ROLLBACK would then fail.
-    if raw.in_transaction:
+    # Unconditional and ordered: aiosqlite runs operations FIFO on its thread, so this ROLLBACK lands after a
+    # BEGIN/statement/COMMIT whose await was cancelled but which still runs. Checking in_transaction here
+    # instead would race with that pending BEGIN and could leave the writer inside a transaction.
+    try:
         await asyncio.shield(raw.execute("ROLLBACK"))
+    except sqlite3.OperationalError as e:
+        if "no transaction is active" not in str(e):
+            raise
