@@ -464,3 +464,22 @@ def test_new_member_proposal_then_welcome() -> None:
     with pytest.raises(SignatureError):
         a.process(new_member_add_proposal(gi, stolen), now=NOW)
     assert a.pending_proposals() == []
+
+
+def test_inline_reinit_commit_freezes_everyone() -> None:
+    _, (a, b) = make_group(2)
+    new_exts = [Extension(ExtensionType.APPLICATION_ID, b"\x02v2")]
+    result = a.reinit_commit(now=NOW, extensions=new_exts, wire_format=WireFormat.PRIVATE_MESSAGE)
+    out = b.process(result.commit, now=NOW)
+    a.merge_pending_commit()
+    assert isinstance(out, CommitApplied) and out.reinit is not None
+    assert out.reinit.extensions == tuple(new_exts)
+    assert a.status == b.status == GroupStatus.REINIT and b.reinit_proposal == out.reinit
+    with pytest.raises(MlsError):
+        b.commit(now=NOW)
+    kp = client("b2").key_package()
+    new_a, welcome = a.recreate([kp.key_package], now=NOW)
+    new_a.merge_pending_commit()
+    new_b = Group.join_from_welcome(welcome.welcome, kp, now=NOW, reinit_from=b)  # type: ignore[arg-type]
+    assert new_b.extensions == tuple(new_exts)
+    assert_in_sync([new_a, new_b])

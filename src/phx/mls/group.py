@@ -524,10 +524,14 @@ class Group(GroupBase):
 
     def reinit_commit(
         self, *, now: int, group_id: bytes | None = None, cipher_suite: int | None = None,
-        extensions: Sequence[Extension] | None = None, **kw: object,
+        extensions: Sequence[Extension] | None = None, wire_format: WireFormat | None = None,
+        authenticated_data: bytes = b"",
     ) -> CommitResult:  # fmt: skip
         """Commit an inline ReInit; after merging, the group is frozen (status REINIT)."""
-        return self.commit(now=now, reinit=self._reinit_body(group_id, cipher_suite, extensions), **kw)  # type: ignore[arg-type]
+        reinit = self._reinit_body(group_id, cipher_suite, extensions)
+        return self.commit(
+            now=now, reinit=reinit, wire_format=wire_format, authenticated_data=authenticated_data
+        )
 
     def recreate(
         self,
