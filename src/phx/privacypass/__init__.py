@@ -1,0 +1,60 @@
+"""Privacy Pass with the batched ristretto255 token type (0x0005) for Phoenix rate limiting.
+
+::
+
+    issuer side (AS)                 client side                      redeemer side (AS, DS, QS)
+    ────────────────                 ───────────                      ──────────────────────────
+    keyring.current(now) ─ pk ─────▶ request_tokens(pk, challenge, n)
+    key.issue(request)   ◀─ request ─┘
+          └─ response ─────────────▶ finalize_tokens(pending, resp)
+                                      └─ Authorization: PrivateToken ─▶ redeemer.redeem(token, now)
+
+* :mod:`.tokens` — wire structs (TokenChallenge, Token, AmortizedBatchTokenRequest/Response) and the one
+  challenge of a homeserver.
+* :mod:`.issuer` — :class:`IssuerKey` (pure): batch evaluation with one proof, token verification.
+* :mod:`.keys` — :class:`IssuerKeyring`: one key per time frame, agreed through the database.
+* :mod:`.redeemer` — :class:`TokenRedeemer`: current-or-previous key, spent-token store, purge.
+* :mod:`.client` — blind a batch, verify the proof and unblind.
+* :mod:`.http` — the RFC 9577 ``Authorization: PrivateToken`` header.
+
+The tables live in the ``as`` migrations (``pp_issuer_keys``, ``pp_spent_tokens``): a DS or QS redeeming
+tokens needs the AS schema migrated in its database.
+"""
+
+from __future__ import annotations
+
+from .client import PendingTokens, finalize_tokens, request_tokens
+from .http import authorization_header, token_from_headers
+from .issuer import IssuerKey, TokenRequestError, UnknownTokenKey
+from .keys import IssuerKeyring, KeyEpoch
+from .redeemer import TokenRedeemer
+from .tokens import (
+    TOKEN_TYPE,
+    AmortizedBatchTokenRequest,
+    AmortizedBatchTokenResponse,
+    Token,
+    TokenChallenge,
+    phoenix_challenge,
+    token_key_id,
+)
+
+__all__ = [
+    "TOKEN_TYPE",
+    "AmortizedBatchTokenRequest",
+    "AmortizedBatchTokenResponse",
+    "IssuerKey",
+    "IssuerKeyring",
+    "KeyEpoch",
+    "PendingTokens",
+    "Token",
+    "TokenChallenge",
+    "TokenRedeemer",
+    "TokenRequestError",
+    "UnknownTokenKey",
+    "authorization_header",
+    "finalize_tokens",
+    "phoenix_challenge",
+    "request_tokens",
+    "token_from_headers",
+    "token_key_id",
+]

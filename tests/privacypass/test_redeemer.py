@@ -1,0 +1,115 @@
+"""Key rotation and redemption on both engines: once only, current or previous key, purge."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from phx.errors import TokenError
+from phx.identifiers import Fqdn
+from phx.privacypass import (
+    IssuerKeyring,
+    Token,
+    TokenRedeemer,
+    finalize_tokens,
+    phoenix_challenge,
+    request_tokens,
+)
+from phx.storage import Database, migrate
+
+DOMAIN = Fqdn("example.com")
+DAY = 86_400
+T0 = 1_700_000_000 - 1_700_000_000 % DAY  # start of a frame
+
+
+@pytest.fixture
+async def redeemer(db: Database) -> TokenRedeemer:
+    await migrate(db, "as")
+    return TokenRedeemer.for_domain(db, DOMAIN, DAY)
+
+
+async def issue(keyring: IssuerKeyring, now: int, n: int, domain: Fqdn = DOMAIN) -> list[Token]:
+    key = (await keyring.current(now)).key
+    pending = request_tokens(key.public_key, phoenix_challenge(domain), n)
+    return finalize_tokens(pending, key.issue(pending.request, max_batch=100))
+
+
+async def test_token_is_accepted_exactly_once(redeemer: TokenRedeemer) -> None:
+    a, b = await issue(redeemer.keyring, T0, 2)
+    await redeemer.redeem(a.encode(), T0 + 10)
+    with pytest.raises(TokenError, match="already been spent"):
+        await redeemer.redeem(a.encode(), T0 + 11)
+    await redeemer.redeem(b.encode(), T0 + 12)
+
+
+async def test_concurrent_double_spend_accepts_one(redeemer: TokenRedeemer, db: Database) -> None:
+    (token,) = await issue(redeemer.keyring, T0, 1)
+    # A second redeemer on the same database stands for another process (DS next to QS).
+    other = TokenRedeemer.for_domain(db, DOMAIN, DAY)
+    results = await asyncio.gather(
+        *(r.redeem(token.encode(), T0 + 1) for r in (redeemer, other, redeemer, other)),
+        return_exceptions=True,
+    )
+    assert sum(1 for r in results if r is None) == 1
+    assert all(isinstance(r, TokenError) for r in results if r is not None)
+
+
+async def test_processes_agree_on_the_frame_key(db: Database) -> None:
+    await migrate(db, "as")
+    a, b = IssuerKeyring(db, DAY), IssuerKeyring(db, DAY)
+    ka, kb = await asyncio.gather(a.current(T0 + 5), b.current(T0 + 6))
+    assert ka.key.public_key == kb.key.public_key
+    assert ka.not_before == T0 and ka.not_after == T0 + DAY - 1
+    next_key = await a.current(T0 + DAY)
+    assert next_key.key.public_key != ka.key.public_key
+    assert next_key.epoch == ka.epoch + 1
+
+
+async def test_previous_key_redeems_older_does_not(redeemer: TokenRedeemer, db: Database) -> None:
+    old = await issue(redeemer.keyring, T0, 3)
+    # Tokens of frame 0 still redeem in frame 1 ...
+    await redeemer.redeem(old[0].encode(), T0 + DAY + 5)
+    # ... and a fresh process (cold cache) agrees.
+    fresh = TokenRedeemer.for_domain(db, DOMAIN, DAY)
+    await fresh.redeem(old[1].encode(), T0 + DAY + 6)
+    # In frame 2 the key of frame 0 has rotated out: the hoarding mitigation.
+    with pytest.raises(TokenError, match="rotated out"):
+        await redeemer.redeem(old[2].encode(), T0 + 2 * DAY)
+
+
+async def test_purge_drops_records_and_keys_that_cannot_redeem(redeemer: TokenRedeemer, db: Database) -> None:
+    t0 = (await issue(redeemer.keyring, T0, 1))[0]
+    await redeemer.redeem(t0.encode(), T0 + 1)
+    t1 = (await issue(redeemer.keyring, T0 + DAY, 1))[0]
+    await redeemer.redeem(t1.encode(), T0 + DAY + 1)
+    # Frame 1: frame 0's record must stay (its key still redeems, so a replay must still be caught).
+    assert await redeemer.purge(T0 + DAY + 2) == 0
+    with pytest.raises(TokenError, match="already been spent"):
+        await redeemer.redeem(t0.encode(), T0 + DAY + 3)
+    assert await redeemer.purge(T0 + 2 * DAY) == 1
+    async with db.transaction(readonly=True) as conn:
+        epochs = [r[0] for r in await conn.fetch("SELECT epoch FROM pp_issuer_keys ORDER BY epoch")]
+        spent = await conn.fetchval("SELECT COUNT(*) FROM pp_spent_tokens")
+    assert epochs == [T0 // DAY + 1]  # purging creates no key for the new frame
+    assert spent == 1
+
+
+async def test_foreign_and_forged_tokens_are_refused(redeemer: TokenRedeemer, db: Database) -> None:
+    # Issued by the same key material but for another homeserver's challenge.
+    (foreign,) = await issue(redeemer.keyring, T0, 1, domain=Fqdn("example.org"))
+    with pytest.raises(TokenError, match="another homeserver"):
+        await redeemer.redeem(foreign.encode(), T0 + 1)
+    (good,) = await issue(redeemer.keyring, T0, 1)
+    forged = Token(good.token_type, good.nonce, good.challenge_digest, good.token_key_id, bytes(64))
+    with pytest.raises(TokenError, match="does not verify"):
+        await redeemer.redeem(forged.encode(), T0 + 1)
+    other_key = Token(good.token_type, good.nonce, good.challenge_digest, bytes(32), good.authenticator)
+    with pytest.raises(TokenError, match="unknown or rotated out"):
+        await redeemer.redeem(other_key.encode(), T0 + 1)
+    with pytest.raises(TokenError, match="malformed"):
+        await redeemer.redeem(good.encode()[:-1], T0 + 1)
+    with pytest.raises(TokenError, match="token type"):
+        await redeemer.redeem(b"\x00\x01" + good.encode()[2:], T0 + 1)
+    # A refused forgery spends nothing: the genuine token still redeems.
+    await redeemer.redeem(good.encode(), T0 + 1)
