@@ -174,3 +174,12 @@ def test_shipped_migrations_match_across_engines() -> None:
         postgres = [(m.version, m.name) for m in load_migrations(service, "postgres")]
         assert sqlite == postgres, service
         assert sqlite, service
+
+
+async def test_every_shipped_migration_set_applies(db: Database) -> None:
+    """Each service's shipped migrations run on this engine (core first, as phx serve does)."""
+    services = ["core", *(s for s in available_services() if s != "core")]
+    applied = await migrate_all(db, services)
+    for service in services:
+        assert applied[service] == [m.version for m in load_migrations(service, db.engine)], service
+    assert all(v == [] for v in (await migrate_all(db, services)).values())
