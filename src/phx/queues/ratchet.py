@@ -1,0 +1,303 @@
+"""Ratcheted at-rest queue encryption (book: queuing_service/queue_encryption.md), service-neutral.
+
+One queue = an id (chosen by the owning service) + the owner's HPKE public key (the *queue encryption
+key*) + a :class:`QueueState` (ratchet key, next sequence number, time of the last key update). The QS
+uses it for fan-out queues, the AS for direct and alias queues.
+
+Server side (pure functions, no I/O; ``now`` and randomness come in as arguments):
+
+* :func:`new_queue` starts a queue. Without a ratchet key from the owner (QS) the server samples one and
+  returns it as an ``INITIAL_KEY`` item (HPKE-sealed to the queue encryption key) that is enqueued at
+  sequence number 0; with one (the AS's ``initial_queue_ratchet_key``) nothing is enqueued.
+* :func:`enqueue` encrypts payloads. For each one the current ratchet key yields a one-time message key
+  and nonce and the next ratchet key under distinct labels; the old key is replaced (forward secrecy).
+  When the rotation interval has elapsed a ``KEY_UPDATE`` item goes first (:func:`rotate`).
+* :func:`rotate` injects fresh randomness: ``rk' = Extract(salt=Expand(rk, "queue rotation key"),
+  ikm=fresh)``, with ``fresh`` HPKE-sealed to the owner (post-compromise security: the old ratchet key alone
+  cannot follow).
+
+Client side: :class:`QueueReader` follows the same derivations. It is a plain object the client library
+persists with :meth:`QueueReader.to_bytes`.
+
+Every derivation uses the Phoenix label prefix (``"phx 1.0 "``) so no queue key equals an MLS secret.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Annotated
+
+from phx.codec import U8, U64, MaxLen, Reader, Struct, WireEnum, Writer, decode_all
+from phx.crypto import PHX_PREFIX, CipherSuite, HpkeError
+from phx.errors import ValidationError
+
+__all__ = [
+    "MAX_QUEUE_CIPHERTEXT",
+    "QueueDecryptionError",
+    "QueueGapError",
+    "QueueItemType",
+    "QueueMessage",
+    "QueueReader",
+    "QueueState",
+    "Random",
+    "enqueue",
+    "new_queue",
+    "rotate",
+    "rotation_due",
+]
+
+Random = Callable[[int], bytes]
+
+#: Upper bound on one queue item's ciphertext on the wire (payload plus AEAD tag).
+MAX_QUEUE_CIPHERTEXT = 1 << 24
+
+_LABEL_INITIAL = b"queue initial ratchet key"
+_LABEL_UPDATE = b"queue key update"
+_LABEL_NEXT = b"queue next ratchet key"
+_LABEL_MESSAGE_KEY = b"queue message key"
+_LABEL_MESSAGE_NONCE = b"queue message nonce"
+_LABEL_ROTATION = b"queue rotation key"
+
+
+class QueueDecryptionError(ValidationError):
+    """A queue item does not decrypt with the reader's state (wrong key, tampered, out of order)."""
+
+    code = "queue_decryption_failed"
+
+
+class QueueGapError(ValidationError):
+    """A queue item arrived after a missing sequence number; the ratchet cannot skip it safely."""
+
+    code = "queue_gap"
+
+
+class QueueItemType(WireEnum):
+    __wire_width__ = U8
+    INITIAL_KEY = 1
+    KEY_UPDATE = 2
+    MESSAGE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage(Struct):
+    """One queued item as stored and as returned by a dequeue.
+
+    ``kem_output`` is empty for ``MESSAGE`` items (those are sealed with a ratchet-derived AEAD key).
+    """
+
+    sequence_number: Annotated[int, U64]
+    item_type: QueueItemType
+    kem_output: Annotated[bytes, MaxLen(256)]
+    ciphertext: Annotated[bytes, MaxLen(MAX_QUEUE_CIPHERTEXT)]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """The server's per-queue secret state. ``repr`` never shows the ratchet key."""
+
+    encryption_key: bytes
+    ratchet_key: bytes
+    next_sequence: int
+    last_rotation: int
+
+    def __repr__(self) -> str:
+        return f"QueueState(next_sequence={self.next_sequence}, last_rotation={self.last_rotation})"
+
+
+def _opaque(b: bytes) -> bytes:
+    w = Writer()
+    w.opaque(b)
+    return w.getvalue()
+
+
+def _expand(cs: CipherSuite, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+    info = length.to_bytes(2, "big") + _opaque(PHX_PREFIX + label) + _opaque(context)
+    return cs.expand(secret, info, length)
+
+
+def _aad(sequence_number: int, item_type: QueueItemType) -> bytes:
+    return sequence_number.to_bytes(8, "big") + bytes((item_type,))
+
+
+def _hpke_info(label: bytes, sequence_number: int, item_type: QueueItemType) -> bytes:
+    return _opaque(PHX_PREFIX + label) + _opaque(_aad(sequence_number, item_type))
+
+
+def _message_keys(cs: CipherSuite, ratchet_key: bytes, sequence_number: int) -> tuple[bytes, bytes, bytes]:
+    """(AEAD key, nonce, next ratchet key) derived from one ratchet key."""
+    seq = sequence_number.to_bytes(8, "big")
+    key = _expand(cs, ratchet_key, _LABEL_MESSAGE_KEY, seq, cs.aead.nk)
+    nonce = _expand(cs, ratchet_key, _LABEL_MESSAGE_NONCE, seq, cs.aead.nn)
+    nxt = _expand(cs, ratchet_key, _LABEL_NEXT, b"", cs.nh)
+    return key, nonce, nxt
+
+
+def _rotated(cs: CipherSuite, ratchet_key: bytes, fresh: bytes) -> bytes:
+    rotation_key = _expand(cs, ratchet_key, _LABEL_ROTATION, b"", cs.nh)
+    return cs.extract(rotation_key, fresh)
+
+
+def new_queue(
+    cs: CipherSuite,
+    encryption_key: bytes,
+    now: int,
+    *,
+    ratchet_key: bytes | None = None,
+    random: Random = os.urandom,
+) -> tuple[QueueState, list[QueueMessage]]:
+    """Start a queue; returns its state and the items to enqueue (the sealed initial key, if sampled)."""
+    if ratchet_key is not None:
+        if len(ratchet_key) != cs.nh:
+            raise ValidationError(f"initial ratchet key must be {cs.nh} bytes")
+        return QueueState(encryption_key, ratchet_key, 0, now), []
+    key = random(cs.nh)
+    info = _hpke_info(_LABEL_INITIAL, 0, QueueItemType.INITIAL_KEY)
+    try:
+        kem_output, ct = cs.hpke.seal(encryption_key, info, _aad(0, QueueItemType.INITIAL_KEY), key)
+    except (HpkeError, ValueError) as e:
+        raise ValidationError(f"unusable queue encryption key: {e}") from e
+    item = QueueMessage(0, QueueItemType.INITIAL_KEY, kem_output, ct)
+    return QueueState(encryption_key, key, 1, now), [item]
+
+
+def rotation_due(state: QueueState, now: int, interval: int) -> bool:
+    return now - state.last_rotation >= interval
+
+
+def rotate(
+    cs: CipherSuite, state: QueueState, now: int, *, random: Random = os.urandom
+) -> tuple[QueueState, QueueMessage]:
+    """Inject fresh randomness into the ratchet; returns the new state and the ``KEY_UPDATE`` item."""
+    seq = state.next_sequence
+    fresh = random(cs.nh)
+    info = _hpke_info(_LABEL_UPDATE, seq, QueueItemType.KEY_UPDATE)
+    try:
+        kem_output, ct = cs.hpke.seal(state.encryption_key, info, _aad(seq, QueueItemType.KEY_UPDATE), fresh)
+    except (HpkeError, ValueError) as e:
+        raise ValidationError(f"unusable queue encryption key: {e}") from e
+    new_state = QueueState(state.encryption_key, _rotated(cs, state.ratchet_key, fresh), seq + 1, now)
+    return new_state, QueueMessage(seq, QueueItemType.KEY_UPDATE, kem_output, ct)
+
+
+def enqueue(
+    cs: CipherSuite,
+    state: QueueState,
+    payloads: Iterable[bytes],
+    now: int,
+    *,
+    rotation_interval: int | None = None,
+    random: Random = os.urandom,
+) -> tuple[QueueState, list[QueueMessage]]:
+    """Encrypt ``payloads`` in order; a key update precedes them when ``rotation_interval`` has elapsed."""
+    items: list[QueueMessage] = []
+    if rotation_interval is not None and rotation_due(state, now, rotation_interval):
+        state, update = rotate(cs, state, now, random=random)
+        items.append(update)
+    rk, seq = state.ratchet_key, state.next_sequence
+    for payload in payloads:
+        key, nonce, rk = _message_keys(cs, rk, seq)
+        ct = cs.seal(key, nonce, _aad(seq, QueueItemType.MESSAGE), payload)
+        items.append(QueueMessage(seq, QueueItemType.MESSAGE, b"", ct))
+        seq += 1
+    return replace(state, ratchet_key=rk, next_sequence=seq), items
+
+
+class QueueReader:
+    """The queue owner's side: decrypts items in sequence order, following the server's ratchet.
+
+    ``decryption_keys`` are the owner's HPKE private keys, newest first; keep an old one until every item
+    sealed to it has been read (the server rotates to a new queue encryption key right away, see the QS).
+    Items below :attr:`next_sequence` were read already (a repeated dequeue) and are skipped; an item above
+    it means one is missing and raises :class:`QueueGapError` without changing the state.
+    """
+
+    def __init__(
+        self,
+        cs: CipherSuite,
+        decryption_keys: Sequence[bytes],
+        *,
+        ratchet_key: bytes | None = None,
+        next_sequence: int = 0,
+    ) -> None:
+        if not decryption_keys:
+            raise ValueError("a QueueReader needs at least one decryption key")
+        self.cs = cs
+        self.decryption_keys = list(decryption_keys)
+        self.ratchet_key = ratchet_key
+        self.next_sequence = next_sequence
+
+    def __repr__(self) -> str:
+        return f"QueueReader(next_sequence={self.next_sequence}, keyed={self.ratchet_key is not None})"
+
+    def add_decryption_key(self, private_key: bytes) -> None:
+        self.decryption_keys.insert(0, private_key)
+
+    def _hpke_open(self, item: QueueMessage, label: bytes) -> bytes:
+        info = _hpke_info(label, item.sequence_number, item.item_type)
+        aad = _aad(item.sequence_number, item.item_type)
+        for sk in self.decryption_keys:
+            try:
+                return self.cs.hpke.open(item.kem_output, sk, info, aad, item.ciphertext)
+            except (HpkeError, ValueError):
+                continue
+        raise QueueDecryptionError(f"queue item {item.sequence_number} does not open with any queue key")
+
+    def read(self, item: QueueMessage) -> bytes | None:
+        """The plaintext of a ``MESSAGE`` item; None for key items and for items read before."""
+        seq = item.sequence_number
+        if seq < self.next_sequence:
+            return None
+        if seq > self.next_sequence:
+            raise QueueGapError(f"queue item {seq} arrived, expected {self.next_sequence}")
+        if item.item_type == QueueItemType.INITIAL_KEY:
+            key = self._hpke_open(item, _LABEL_INITIAL)
+            if len(key) != self.cs.nh:
+                raise QueueDecryptionError("initial ratchet key has the wrong length")
+            self.ratchet_key, self.next_sequence = key, seq + 1
+            return None
+        if self.ratchet_key is None:
+            raise QueueDecryptionError(f"queue item {seq} arrived before the initial ratchet key")
+        if item.item_type == QueueItemType.KEY_UPDATE:
+            fresh = self._hpke_open(item, _LABEL_UPDATE)
+            self.ratchet_key, self.next_sequence = _rotated(self.cs, self.ratchet_key, fresh), seq + 1
+            return None
+        key, nonce, nxt = _message_keys(self.cs, self.ratchet_key, seq)
+        try:
+            plaintext = self.cs.open(key, nonce, _aad(seq, QueueItemType.MESSAGE), item.ciphertext)
+        except HpkeError as e:
+            raise QueueDecryptionError(f"queue item {seq} does not decrypt") from e
+        self.ratchet_key, self.next_sequence = nxt, seq + 1
+        return plaintext
+
+    def read_all(self, items: Iterable[QueueMessage]) -> list[bytes]:
+        """Plaintexts of the ``MESSAGE`` items among ``items`` (in order), skipping key items."""
+        out: list[bytes] = []
+        for item in items:
+            pt = self.read(item)
+            if pt is not None:
+                out.append(pt)
+        return out
+
+    def to_bytes(self) -> bytes:
+        w = Writer()
+        w.u8(1)  # format version
+        w.u16(self.cs.suite_id)
+        w.vector(self.decryption_keys, lambda w2, k: w2.opaque(k))
+        w.optional(self.ratchet_key, lambda w2, k: w2.opaque(k))
+        w.u64(self.next_sequence)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, cs: CipherSuite) -> QueueReader:
+        def read(r: Reader) -> QueueReader:
+            if r.u8() != 1:
+                raise ValidationError("unknown QueueReader format")
+            if r.u16() != cs.suite_id:
+                raise ValidationError("QueueReader was saved for another cipher suite")
+            keys = list(r.vector(lambda r2: r2.opaque()))
+            rk = r.optional(lambda r2: r2.opaque())
+            return cls(cs, keys, ratchet_key=rk, next_sequence=r.u64())
+
+        return decode_all(read, data)

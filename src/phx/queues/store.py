@@ -1,0 +1,188 @@
+"""SQL for ratcheted queues, shared by every service that keeps them (QS fan-out, AS direct/alias queues).
+
+A service picks a table prefix and puts the DDL from :func:`queue_schema_sql` verbatim into its own
+migration files (migrations are static ``.sql`` files pinned by checksum, so the text is copied, and the
+service's migration test asserts the copy is exact). :class:`QueueStore` then runs every queue statement
+against ``<prefix>_queues`` / ``<prefix>_queue_messages``.
+
+Concurrency: :meth:`QueueStore.lock` reads queue states ``FOR UPDATE`` on PostgreSQL, in queue-id order so
+two transactions locking overlapping sets cannot deadlock; on SQLite the single writer already serializes.
+Sequence numbers therefore stay contiguous whatever the number of concurrent enqueues.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from phx.storage import Connection, Engine
+
+from .ratchet import QueueItemType, QueueMessage, QueueState
+
+__all__ = ["QueueStore", "in_args", "in_clause", "queue_schema_sql"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_REF = re.compile(r"^[a-z][a-z0-9_]* \([a-z][a-z0-9_]*\)$")
+
+_TYPES: dict[Engine, dict[str, str]] = {
+    "sqlite": {"blob": "BLOB", "int": "INTEGER", "strict": " STRICT"},
+    "postgres": {"blob": "BYTEA", "int": "BIGINT", "strict": ""},
+}
+
+
+def queue_schema_sql(engine: Engine, prefix: str, *, references: str | None = None) -> str:
+    """DDL of the two queue tables. ``references`` (``"table (column)"``) makes each queue belong to a row
+    of the owning service (deleting the row deletes the queue and its messages)."""
+    if not _NAME.match(prefix):
+        raise ValueError(f"bad table prefix {prefix!r}")
+    if references is not None and not _REF.match(references):
+        raise ValueError(f"bad reference {references!r}")
+    t = _TYPES[engine]
+    owner = f" REFERENCES {references} ON DELETE CASCADE" if references else ""
+    return (
+        f"-- Ratcheted queues (phx.queues): one row per queue, its secret ratchet state.\n"
+        f"CREATE TABLE {prefix}_queues (\n"
+        f"    queue_id       {t['blob']} PRIMARY KEY{owner},\n"
+        f"    encryption_key {t['blob']} NOT NULL,  -- the owner's HPKE public key\n"
+        f"    ratchet_key    {t['blob']} NOT NULL,\n"
+        f"    next_sequence  {t['int']} NOT NULL,\n"
+        f"    last_rotation  {t['int']} NOT NULL   -- unix seconds of the last fresh-randomness update\n"
+        f"){t['strict']};\n"
+        f"CREATE TABLE {prefix}_queue_messages (\n"
+        f"    queue_id        {t['blob']} NOT NULL REFERENCES {prefix}_queues (queue_id) ON DELETE CASCADE,\n"
+        f"    sequence_number {t['int']} NOT NULL,\n"
+        f"    item_type       {t['int']} NOT NULL,\n"
+        f"    kem_output      {t['blob']} NOT NULL,\n"
+        f"    ciphertext      {t['blob']} NOT NULL,\n"
+        f"    PRIMARY KEY (queue_id, sequence_number)\n"
+        f"){t['strict']};\n"
+    )
+
+
+def in_clause(engine: Engine, n: int, first: int = 1) -> str:
+    """``= ANY($k)`` on PostgreSQL (one array argument), ``IN ($k, …)`` on SQLite (n arguments)."""
+    if engine == "postgres":
+        return f"= ANY(${first}::bytea[])"
+    return "IN (" + ", ".join(f"${i}" for i in range(first, first + n)) + ")"
+
+
+def in_args(engine: Engine, ids: Sequence[bytes]) -> list[object]:
+    """The arguments that go with :func:`in_clause`."""
+    return [list(ids)] if engine == "postgres" else list(ids)
+
+
+class QueueStore:
+    """Queue statements for one table prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        if not _NAME.match(prefix):
+            raise ValueError(f"bad table prefix {prefix!r}")
+        self.queues = f"{prefix}_queues"
+        self.messages = f"{prefix}_queue_messages"
+        self._insert_queue = (
+            f"INSERT INTO {self.queues} "
+            "(queue_id, encryption_key, ratchet_key, next_sequence, last_rotation) "
+            "VALUES ($1, $2, $3, $4, $5)"
+        )
+        self._insert_item = (
+            f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
+            "VALUES ($1, $2, $3, $4, $5)"
+        )
+        self._update_state = (
+            f"UPDATE {self.queues} SET encryption_key = $2, ratchet_key = $3, next_sequence = $4, "
+            "last_rotation = $5 WHERE queue_id = $1"
+        )
+
+    async def create(
+        self, conn: Connection, queue_id: bytes, state: QueueState, items: Sequence[QueueMessage]
+    ) -> None:
+        await conn.execute(
+            self._insert_queue,
+            queue_id,
+            state.encryption_key,
+            state.ratchet_key,
+            state.next_sequence,
+            state.last_rotation,
+        )
+        await self.insert_items(conn, [(queue_id, item) for item in items])
+
+    async def lock(self, conn: Connection, queue_ids: Sequence[bytes]) -> dict[bytes, QueueState]:
+        """The states of the existing queues among ``queue_ids``, locked until the transaction ends."""
+        if not queue_ids:
+            return {}
+        ids = sorted(set(queue_ids))
+        sql = (
+            f"SELECT queue_id, encryption_key, ratchet_key, next_sequence, last_rotation FROM {self.queues} "
+            f"WHERE queue_id {in_clause(conn.engine, len(ids))} ORDER BY queue_id"
+        )
+        if conn.engine == "postgres":
+            sql += " FOR UPDATE"
+        rows = await conn.fetch(sql, *in_args(conn.engine, ids))
+        return {bytes(r[0]): QueueState(bytes(r[1]), bytes(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+    async def get(self, conn: Connection, queue_id: bytes, *, for_update: bool = False) -> QueueState | None:
+        sql = (
+            f"SELECT encryption_key, ratchet_key, next_sequence, last_rotation FROM {self.queues} "
+            "WHERE queue_id = $1"
+        )
+        if for_update and conn.engine == "postgres":
+            sql += " FOR UPDATE"
+        r = await conn.fetchrow(sql, queue_id)
+        return None if r is None else QueueState(bytes(r[0]), bytes(r[1]), int(r[2]), int(r[3]))
+
+    async def save_states(self, conn: Connection, states: Mapping[bytes, QueueState]) -> None:
+        if states:
+            await conn.executemany(
+                self._update_state,
+                [
+                    (qid, s.encryption_key, s.ratchet_key, s.next_sequence, s.last_rotation)
+                    for qid, s in states.items()
+                ],
+            )
+
+    async def insert_items(self, conn: Connection, items: Iterable[tuple[bytes, QueueMessage]]) -> None:
+        rows = [(qid, m.sequence_number, int(m.item_type), m.kem_output, m.ciphertext) for qid, m in items]
+        if rows:
+            await conn.executemany(self._insert_item, rows)
+
+    async def save(
+        self,
+        conn: Connection,
+        states: Mapping[bytes, QueueState],
+        items: Iterable[tuple[bytes, QueueMessage]],
+    ) -> None:
+        """Store new states (of queues locked in this transaction) and their new items."""
+        await self.save_states(conn, states)
+        await self.insert_items(conn, items)
+
+    async def dequeue(
+        self, conn: Connection, queue_id: bytes, start: int, limit: int
+    ) -> tuple[list[QueueMessage], int]:
+        """Delete items below ``start``; return up to ``limit`` items from ``start`` and how many remain
+        after them. The caller has locked the queue (:meth:`get` with ``for_update``)."""
+        await conn.execute(
+            f"DELETE FROM {self.messages} WHERE queue_id = $1 AND sequence_number < $2", queue_id, start
+        )
+        rows = await conn.fetch(
+            f"SELECT sequence_number, item_type, kem_output, ciphertext FROM {self.messages} "
+            "WHERE queue_id = $1 AND sequence_number >= $2 ORDER BY sequence_number LIMIT $3",
+            queue_id,
+            start,
+            limit,
+        )
+        items = [QueueMessage(int(r[0]), QueueItemType(int(r[1])), bytes(r[2]), bytes(r[3])) for r in rows]
+        count = await conn.fetchval(
+            f"SELECT COUNT(*) FROM {self.messages} WHERE queue_id = $1 AND sequence_number >= $2",
+            queue_id,
+            start,
+        )
+        return items, max(0, int(count) - len(items))
+
+    async def delete(self, conn: Connection, queue_ids: Sequence[bytes]) -> int:
+        if not queue_ids:
+            return 0
+        ids = sorted(set(queue_ids))
+        return await conn.execute(
+            f"DELETE FROM {self.queues} WHERE queue_id {in_clause(conn.engine, len(ids))}",
+            *in_args(conn.engine, ids),
+        )
