@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures.db"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 MLS_VECTORS = Path(os.environ.get("MLS_TEST_VECTORS_DIR", SHARED / "mls-test-vectors"))

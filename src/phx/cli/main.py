@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from phx import __version__
+from phx.cli import serve
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run the end-to-end demo and check that every message arrived")
     demo.set_defaults(func=_demo)
+    serve.add_parser(sub)
     return parser
 
 
