@@ -7,7 +7,7 @@
     keyring.current(now) ─ pk ─────▶ request_tokens(pk, challenge, n)
     key.issue(request)   ◀─ request ─┘
           └─ response ─────────────▶ finalize_tokens(pending, resp)
-                                      └─ Authorization: PrivateToken ─▶ redeemer.redeem(token, now)
+                                      └─ token in a request ──────────▶ redeemer.redeem(token, now)
 
 * :mod:`.tokens` — wire structs (TokenChallenge, Token, AmortizedBatchTokenRequest/Response) and the one
   challenge of a homeserver.
@@ -15,7 +15,9 @@
 * :mod:`.keys` — :class:`IssuerKeyring`: one key per time frame, agreed through the database.
 * :mod:`.redeemer` — :class:`TokenRedeemer`: current-or-previous key, spent-token store, purge.
 * :mod:`.client` — blind a batch, verify the proof and unblind.
-* :mod:`.http` — the RFC 9577 ``Authorization: PrivateToken`` header.
+
+A token travels inside the request body (each service's request envelope has an optional
+``privacy_pass_token``; docs/decisions.md) as the 162-byte encoding of :class:`Token`.
 
 The tables live in the ``as`` migrations (``pp_issuer_keys``, ``pp_spent_tokens``): a DS or QS redeeming
 tokens needs the AS schema migrated in its database.
@@ -24,7 +26,6 @@ tokens needs the AS schema migrated in its database.
 from __future__ import annotations
 
 from .client import PendingTokens, finalize_tokens, request_tokens
-from .http import authorization_header, token_from_headers
 from .issuer import IssuerKey, TokenRequestError, UnknownTokenKey
 from .keys import IssuerKeyring, KeyEpoch
 from .redeemer import TokenRedeemer
@@ -51,10 +52,8 @@ __all__ = [
     "TokenRedeemer",
     "TokenRequestError",
     "UnknownTokenKey",
-    "authorization_header",
     "finalize_tokens",
     "phoenix_challenge",
     "request_tokens",
-    "token_from_headers",
     "token_key_id",
 ]

@@ -12,6 +12,7 @@ tests/privacypass against the RFC 9497 vectors and against an independent refere
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
 from voprf import ristretto
 
@@ -27,7 +28,15 @@ from .tokens import (
     token_key_id,
 )
 
-__all__ = ["KEY_INFO", "SEED_SIZE", "IssuerKey", "TokenRequestError", "UnknownTokenKey"]
+__all__ = [
+    "KEY_INFO",
+    "SEED_SIZE",
+    "BlindedBatch",
+    "IssuerKey",
+    "TokenRequestError",
+    "UnknownTokenKey",
+    "check_request",
+]
 
 SEED_SIZE = 32
 #: The ``info`` of RFC 9497 DeriveKeyPair for every issuer key.
@@ -44,6 +53,16 @@ class UnknownTokenKey(TokenRequestError):
     """The request names a key (by truncated id) that is not the issuer's current one: refetch the key."""
 
     code = "unknown_token_key"
+
+
+@dataclass(frozen=True, slots=True)
+class BlindedBatch:
+    """A checked, decoded batch of blinded elements (see :meth:`IssuerKey.parse`)."""
+
+    elements: list[ristretto.BlindedInput]
+
+    def __len__(self) -> int:
+        return len(self.elements)
 
 
 class IssuerKey:
@@ -65,11 +84,18 @@ class IssuerKey:
 
     def issue(self, request: AmortizedBatchTokenRequest, *, max_batch: int) -> AmortizedBatchTokenResponse:
         """Evaluate a batch (BlindEvaluateBatch) after the draft's checks; one proof covers the batch."""
+        return self.evaluate(self.parse(request, max_batch=max_batch))
+
+    def parse(self, request: AmortizedBatchTokenRequest, *, max_batch: int) -> BlindedBatch:
+        """The draft's checks and element decoding: everything that can fail, before anything is charged."""
         check_request(request, self, max_batch=max_batch)
         try:
-            blinded = [ristretto.BlindedInput.deserialize(m) for m in request.blinded_msgs]
+            return BlindedBatch([ristretto.BlindedInput.deserialize(m) for m in request.blinded_msgs])
         except ValueError:
             raise TokenRequestError("a blinded message is not a valid ristretto255 element") from None
+
+    def evaluate(self, batch: BlindedBatch) -> AmortizedBatchTokenResponse:
+        blinded = batch.elements
         raw = self._evaluator.evaluate_batch(blinded).serialize()
         proof, elements = raw[:PROOF_SIZE], raw[PROOF_SIZE:]
         evaluated = tuple(elements[i : i + NE] for i in range(0, len(elements), NE))

@@ -37,6 +37,7 @@ CREATE TABLE as_users (
 CREATE TABLE as_clients (
     client_id     TEXT    PRIMARY KEY,   -- <user uuid>.<client uuid>@<domain>
     user_id       TEXT    NOT NULL REFERENCES as_users (user_id) ON DELETE CASCADE,
+    queue_id      BLOB    NOT NULL UNIQUE,  -- the direct queue's id (the encoded ClientId)
     credential    BLOB    NOT NULL,
     fingerprint   BLOB    NOT NULL,
     not_after     INTEGER NOT NULL,      -- the credential's
@@ -57,6 +58,7 @@ CREATE INDEX as_connection_packages_client ON as_connection_packages (client_id)
 
 CREATE TABLE as_aliases (
     alias         TEXT    PRIMARY KEY,
+    queue_id      BLOB    NOT NULL UNIQUE,  -- the alias queue's id (the encoded Alias)
     auth_key      BLOB    NOT NULL,
     created_at    INTEGER NOT NULL,
     activity_time INTEGER NOT NULL
@@ -110,3 +112,38 @@ CREATE TABLE pp_spent_tokens (
     PRIMARY KEY (key_id, nonce)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX pp_spent_tokens_epoch ON pp_spent_tokens (epoch);
+
+-- Direct queues of clients and queues of aliases: the shared ratcheted queues (phx.queues.store,
+-- DDL copied verbatim from queue_schema_sql; a test checks the copy).
+-- Ratcheted queues (phx.queues): one row per queue, its secret ratchet state.
+CREATE TABLE as_direct_queues (
+    queue_id       BLOB PRIMARY KEY REFERENCES as_clients (queue_id) ON DELETE CASCADE,
+    encryption_key BLOB NOT NULL,  -- the owner's HPKE public key
+    ratchet_key    BLOB NOT NULL,
+    next_sequence  INTEGER NOT NULL,
+    last_rotation  INTEGER NOT NULL   -- unix seconds of the last fresh-randomness update
+) STRICT;
+CREATE TABLE as_direct_queue_messages (
+    queue_id        BLOB NOT NULL REFERENCES as_direct_queues (queue_id) ON DELETE CASCADE,
+    sequence_number INTEGER NOT NULL,
+    item_type       INTEGER NOT NULL,
+    kem_output      BLOB NOT NULL,
+    ciphertext      BLOB NOT NULL,
+    PRIMARY KEY (queue_id, sequence_number)
+) STRICT;
+-- Ratcheted queues (phx.queues): one row per queue, its secret ratchet state.
+CREATE TABLE as_alias_queues (
+    queue_id       BLOB PRIMARY KEY REFERENCES as_aliases (queue_id) ON DELETE CASCADE,
+    encryption_key BLOB NOT NULL,  -- the owner's HPKE public key
+    ratchet_key    BLOB NOT NULL,
+    next_sequence  INTEGER NOT NULL,
+    last_rotation  INTEGER NOT NULL   -- unix seconds of the last fresh-randomness update
+) STRICT;
+CREATE TABLE as_alias_queue_messages (
+    queue_id        BLOB NOT NULL REFERENCES as_alias_queues (queue_id) ON DELETE CASCADE,
+    sequence_number INTEGER NOT NULL,
+    item_type       INTEGER NOT NULL,
+    kem_output      BLOB NOT NULL,
+    ciphertext      BLOB NOT NULL,
+    PRIMARY KEY (queue_id, sequence_number)
+) STRICT;
