@@ -127,11 +127,12 @@ class Outputs:
 
 
 def authenticate(
-    state: GroupState, request: DsRequest, operation: str, ctx: DsContext, now: int
+    state: GroupState, request: DsRequest, operation: str, ctx: DsContext, now: int, *, kind: str = "leaf"
 ) -> DsSenderId:
     """Check the request's DsAuthToken (book: "Authentication"): for this group and operation, over
-    these params, not older than the configured maximal age, signed by the leaf's (or the KeyPackage's)
-    signature key. Returns the sender id."""
+    these params, not older than the configured maximal age, with a sender of the endpoint's ``kind``
+    (``"leaf"`` or ``"key_package"``) and signed by that leaf's (or KeyPackage's) signature key. Returns
+    the sender id."""
     token = request.auth_token
     if token is None:
         raise AuthError("this operation needs a DsAuthToken")
@@ -142,6 +143,10 @@ def authenticate(
     if now - token.timestamp > ctx.config.max_auth_token_age:
         raise ExpiredError("DsAuthToken is older than the maximal age")
     sid = token.sender_id
+    if kind == "leaf" and sid.leaf_index is None:
+        raise AuthError("this operation needs a LeafIndex sender")
+    if kind == "key_package" and sid.key_package_ref is None:
+        raise AuthError("this operation needs a KeyPackageRef sender")
     key = _sender_key(state, sid, now)
     tbs = DsAuthTbs.of(token.group_id, token.timestamp, sid, operation, request.params).encode()
     ctx.cs.check_signature(key, LABEL_AUTH_TOKEN, tbs, token.signature, prefix=PHX_PREFIX)

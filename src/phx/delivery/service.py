@@ -158,6 +158,10 @@ class _Cache:
         if item is not None:
             self.size -= item[2]
 
+    def clear(self) -> None:
+        self._items.clear()
+        self.size = 0
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -410,13 +414,9 @@ class DsService:
                     pending = await self._pending(conn, state, row)
                     maint = await self._maintenance(conn, state, row, now)
                     try:
-                        sid = (
-                            None
-                            if spec.auth is None
-                            else core.authenticate(state, request, op, self.ctx, now)
-                        )
-                        if spec.auth == "leaf":
-                            core.check_leaf_sender(_sid(sid))
+                        sid = None
+                        if spec.auth is not None:
+                            sid = core.authenticate(state, request, op, self.ctx, now, kind=spec.auth)
                         out = spec.rule(state, sid, params, now)
                     except PhxError as e:
                         failure, out = e, Outputs()
