@@ -6,7 +6,7 @@ import os
 import uuid
 from dataclasses import dataclass, field, replace
 
-from phx.auth import AsService
+from phx.auth import AsCredentialSet, AsService
 from phx.auth.client import alias_request, client_request, plain_request, sign_connection_package
 from phx.auth.messages import (
     Alias,
@@ -35,10 +35,16 @@ from phx.codec import Struct
 from phx.config import AsConfig
 from phx.credentials import (
     DEFAULT_CREDENTIAL_CIPHERSUITE,
+    LABEL_CLIENT_PAYLOAD,
     ClientCredential,
     ClientCsr,
+    CredentialError,
+    CredentialFingerprint,
     ExpirationData,
     IntermediateAsCredential,
+    create_intermediate_credential,
+    issue_client_credential,
+    new_as_credential,
     new_client_csr,
 )
 from phx.crypto import SUITE_1
@@ -158,7 +164,8 @@ class Client:
 
     def package(self, *, lifetime: int = 7 * DAY) -> ConnectionPackage:
         _, pk = cs.generate_hpke_key_pair()
-        payload = ConnectionPackagePayload(pk, ExpirationData(self.now(), self.now() + lifetime))
+        end = min(self.now() + lifetime, self.cred.expiration_data.not_after)
+        payload = ConnectionPackagePayload(pk, ExpirationData(self.now(), end))
         return sign_connection_package(payload, self.cred, self.signing_key)
 
     async def init_registration(
@@ -184,6 +191,13 @@ class Client:
         if tokens:
             await self.fetch_tokens(tokens)
         return self
+
+    async def csr_with_signer(self, signer: CredentialFingerprint) -> ClientCsr:
+        """A correctly self-signed CSR that names ``signer`` as the intermediate to sign it."""
+        csr = await self.csr()
+        payload = replace(csr.payload, signer_fingerprint=signer)
+        sig = payload.credential_ciphersuite.sign(self.signing_key, LABEL_CLIENT_PAYLOAD, payload.encode())
+        return ClientCsr(payload, sig)
 
     async def fetch_tokens(self, n: int) -> None:
         keys = TokenKeysResponse.decode(await call(self.service, "get_token_keys", plain_request(Empty())))
@@ -232,3 +246,38 @@ class AliasOwner:
 
 def short_config(**changes: object) -> AsConfig:
     return replace(AsConfig(), **changes)  # type: ignore[arg-type]
+
+
+class RemoteAs:
+    """Another homeserver's AS key material, and an :class:`AsCredentialSource` serving it."""
+
+    def __init__(self, domain: Fqdn, now: int) -> None:
+        self.domain = domain
+        self.root, self.root_key = new_as_credential(domain, ExpirationData(now - DAY, now + 3650 * DAY))
+        self.inter, self.inter_key = create_intermediate_credential(
+            self.root, self.root_key, ExpirationData(now - DAY, now + 700 * DAY), now=now
+        )
+        self.revoked: set[CredentialFingerprint] = set()
+        self.lookups = 0
+
+    def client(self, now: int, user_id: UserId | None = None) -> tuple[ClientCredential, bytes]:
+        cid = ClientId.random(user_id or UserId.random(self.domain))
+        csr, key = new_client_csr(cid, self.inter, ExpirationData(now - 60, now + 30 * DAY))
+        cred = issue_client_credential(
+            csr,
+            intermediate=self.inter,
+            intermediate_private_key=self.inter_key,
+            as_credential=self.root,
+            now=now,
+        )
+        return cred, key
+
+    def as_client(self, service: AsService, user_id: UserId | None = None) -> Client:
+        cred, key = self.client(service.clock(), user_id)
+        return Client(service, cred.client_id, signing_key=key, credential=cred)
+
+    async def credentials_for(self, domain: Fqdn, now: int) -> AsCredentialSet:
+        self.lookups += 1
+        if domain != self.domain:
+            raise CredentialError(f"no AS credentials known for {domain}")
+        return AsCredentialSet(domain, (self.root,), (self.inter,), frozenset(self.revoked))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from phx.auth.client import plain_request
@@ -27,7 +25,6 @@ from phx.auth.opaque import (
     client_registration_finish,
 )
 from phx.credentials import (
-    LABEL_CLIENT_PAYLOAD,
     ClientCsr,
     CredentialError,
     CredentialFingerprint,
@@ -112,11 +109,8 @@ async def test_csr_without_a_valid_self_signature_is_refused(db: Database) -> No
 async def test_csr_naming_an_unknown_intermediate_is_refused(db: Database) -> None:
     service = await make_service(db)
     client = Client.new(service)
-    csr = await client.csr()
-    payload = replace(csr.payload, signer_fingerprint=CredentialFingerprint(bytes(32)))
-    sig = payload.credential_ciphersuite.sign(client.signing_key, LABEL_CLIENT_PAYLOAD, payload.encode())
     with pytest.raises(CsrError, match="does not sign with"):
-        await client.init_registration(ClientCsr(payload, sig))
+        await client.init_registration(await client.csr_with_signer(CredentialFingerprint(bytes(32))))
 
 
 @pytest.mark.parametrize(

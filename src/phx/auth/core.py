@@ -308,14 +308,22 @@ def frame_end(now: int, frame: int) -> int:
 
 
 def tokens_after_charge(
-    issued: int, record_epoch: int | None, *, epoch: int, requested: int, allowance: int, now: int, frame: int
+    issued: int,
+    record_epoch: int | None,
+    *,
+    epoch: int,
+    requested: int,
+    allowance: int,
+    now: int,
+    frame: int,
+    scope: str = "this client",
 ) -> int:
     """The new issued count for this frame, or RateLimited (retry at the next frame)."""
     current = issued if record_epoch == epoch else 0
     if current + requested > allowance:
         left = max(0, allowance - current)
         raise RateLimited(
-            f"token allowance exhausted: {left} of {allowance} left in this time frame, "
+            f"token allowance of {scope} exhausted: {left} of {allowance} left in this time frame, "
             f"{requested} requested",
             retry_after=frame_end(now, frame) - now,
         )

@@ -131,7 +131,10 @@ class AsKeyMaterial:
 
     def signing_root(self, now: int) -> RootEntry | None:
         usable = [r for r in self.roots if r.private_key is not None and self._usable(r, now)]
-        return max(usable, key=lambda r: r.validity.not_after, default=None)
+        # Entries are in creation order; on equal periods the newest wins (an operator rotation).
+        return max(
+            reversed(usable), key=lambda r: (r.validity.not_after, r.validity.not_before), default=None
+        )
 
     def newest_intermediate(self, root: RootEntry, now: int) -> IntermediateEntry | None:
         fp = root.fingerprint
@@ -140,7 +143,9 @@ class AsKeyMaterial:
             for i in self.intermediates
             if i.private_key is not None and i.signer == fp and self._usable(i, now)
         ]
-        return max(usable, key=lambda i: i.validity.not_after, default=None)
+        return max(
+            reversed(usable), key=lambda i: (i.validity.not_after, i.validity.not_before), default=None
+        )
 
     def published(self, now: int) -> AsCredentialSet:
         """Unexpired, unrevoked roots and intermediates (whose root is unrevoked), and the revocations."""
@@ -155,6 +160,13 @@ class AsKeyMaterial:
             for i in self.intermediates
             if i.validity.not_after >= now and i.fingerprint not in self.revoked and i.signer in root_fps
         )
+        return AsCredentialSet(self.domain, roots, inters, self.revoked)
+
+    def verification_set(self, now: int) -> AsCredentialSet:
+        """Like :meth:`published` but keeping revoked credentials, so that checks against it fail with
+        RevokedCredential rather than with an unknown signer."""
+        roots = tuple(r.credential for r in self.roots if r.validity.not_after >= now)
+        inters = tuple(i.credential for i in self.intermediates if i.validity.not_after >= now)
         return AsCredentialSet(self.domain, roots, inters, self.revoked)
 
     def signer_for(self, fingerprint: CredentialFingerprint, now: int) -> tuple[IntermediateEntry, RootEntry]:
@@ -205,7 +217,7 @@ class AsKeyStore:
 
     async def _load(self, conn: Connection, now: int) -> AsKeyMaterial:
         rows = await conn.fetch(
-            "SELECT kind, credential, private_key FROM as_signing_credentials ORDER BY not_after, fingerprint"
+            "SELECT kind, credential, private_key FROM as_signing_credentials ORDER BY created_at, not_after"
         )
         roots: list[RootEntry] = []
         inters: list[IntermediateEntry] = []
@@ -237,7 +249,7 @@ class AsKeyStore:
     async def credentials_for(self, domain: Fqdn, now: int) -> AsCredentialSet:
         if domain != self.domain:
             raise CredentialError(f"no AS credentials known for {domain}")
-        return (await self.material(now)).published(now)
+        return (await self.material(now)).verification_set(now)
 
     # --- creating ------------------------------------------------------------------------------------
 

@@ -482,15 +482,22 @@ class AsStore:
         """Count ``requested`` tokens against the client (and, for a remote client with a domain limit,
         against its homeserver) in this frame, or raise RateLimited without counting anything."""
         async with self.db.transaction() as conn:
-            charges: list[tuple[str, str, str, int]] = [
-                ("as_token_issuance", "client_id", str(client_id), allowance)
+            charges: list[tuple[str, str, str, int, str]] = [
+                ("as_token_issuance", "client_id", str(client_id), allowance, "this client")
             ]
             if remote_domain_allowance is not None:
+                domain = client_id.domain.value
                 charges.append(
-                    ("as_domain_token_issuance", "domain", client_id.domain.value, remote_domain_allowance)
+                    (
+                        "as_domain_token_issuance",
+                        "domain",
+                        domain,
+                        remote_domain_allowance,
+                        f"homeserver {domain}",
+                    )
                 )
             updates: list[tuple[str, str, str, int]] = []
-            for table, column, key, limit in charges:
+            for table, column, key, limit, scope in charges:
                 row = await conn.fetchrow(
                     f"SELECT epoch, issued FROM {table} WHERE {column} = $1" + _for_update(conn), key
                 )
@@ -502,6 +509,7 @@ class AsStore:
                     allowance=limit,
                     now=now,
                     frame=frame,
+                    scope=scope,
                 )
                 updates.append((table, column, key, issued))
             for table, column, key, issued in updates:
