@@ -113,3 +113,14 @@ async def test_foreign_and_forged_tokens_are_refused(redeemer: TokenRedeemer, db
         await redeemer.redeem(b"\x00\x01" + good.encode()[2:], T0 + 1)
     # A refused forgery spends nothing: the genuine token still redeems.
     await redeemer.redeem(good.encode(), T0 + 1)
+
+
+async def test_group_commit_accepts_each_token_once(redeemer: TokenRedeemer, db: Database) -> None:
+    tokens = await issue(redeemer.keyring, T0, 30)
+    raws = [t.encode() for t in tokens] * 2  # every token twice, in one burst
+    results = await asyncio.gather(*(redeemer.redeem(r, T0 + 1) for r in raws), return_exceptions=True)
+    accepted = [r for r, res in zip(raws, results, strict=True) if res is None]
+    assert sorted(accepted) == sorted(t.encode() for t in tokens)
+    assert all(isinstance(res, TokenError) for res in results if res is not None)
+    async with db.transaction(readonly=True) as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM pp_spent_tokens") == 30

@@ -6,10 +6,17 @@ is an ``INSERT … ON CONFLICT DO NOTHING`` into ``pp_spent_tokens`` keyed by (k
 concurrent redemptions of one token (in one process or several sharing the database) accept exactly one.
 Spent-token records are kept exactly as long as their key can redeem and purged with it.
 
+Group commit: concurrent redemptions share one transaction (one commit, one fsync). A redemption returns
+only after the transaction holding its record has committed, so an accepted token stays spent across a
+crash; a lone redemption still commits at once. Do not call :meth:`TokenRedeemer.redeem` while holding a
+write transaction on the same database (the commit runs in another task and would wait for it).
+
 Every refusal is :class:`~phx.errors.TokenError` (401 ``bad_token``) with a message saying why.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from phx.errors import DecodeError, TokenError
 from phx.identifiers import Fqdn
@@ -26,6 +33,8 @@ class TokenRedeemer:
         self.db = db
         self.keyring = keyring
         self.challenge_digest = challenge.digest()
+        self._pending: list[tuple[bytes, bytes, int, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def for_domain(cls, db: Database, domain: Fqdn, interval: int) -> TokenRedeemer:
@@ -53,16 +62,36 @@ class TokenRedeemer:
     async def redeem(self, raw: bytes, now: int) -> None:
         """Accept ``raw`` once: check it, then record it as spent (raises TokenError if it already was)."""
         token, entry = await self.check(raw, now)
-        async with self.db.transaction() as conn:
-            inserted = await conn.execute(
-                "INSERT INTO pp_spent_tokens (key_id, nonce, epoch) VALUES ($1, $2, $3) "
-                "ON CONFLICT (key_id, nonce) DO NOTHING",
-                token.token_key_id,
-                token.nonce,
-                entry.epoch,
-            )
-        if inserted == 0:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((token.token_key_id, token.nonce, entry.epoch, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="phx-spent-tokens")
+        if not await future:
             raise TokenError("token has already been spent")
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = []
+                async with self.db.transaction() as conn:
+                    for key_id, nonce, epoch, _ in batch:
+                        inserted = await conn.execute(
+                            "INSERT INTO pp_spent_tokens (key_id, nonce, epoch) VALUES ($1, $2, $3) "
+                            "ON CONFLICT (key_id, nonce) DO NOTHING",
+                            key_id,
+                            nonce,
+                            epoch,
+                        )
+                        results.append(inserted > 0)
+            except Exception as e:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (*_, future), accepted in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(accepted)
 
     async def purge(self, now: int) -> int:
         """Drop spent-token records (and keys) that can no longer matter; returns records deleted."""
