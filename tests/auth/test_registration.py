@@ -331,3 +331,34 @@ async def test_delete_user_needs_the_password(db: Database) -> None:
         )
     creds = AsCredentialsResponse.decode(await call(service, "get_as_credentials", plain_request(Empty())))
     assert alice.cred.fingerprint() in creds.revoked_certs
+
+
+async def test_password_guessing_is_throttled_per_user(db: Database) -> None:
+    from phx.auth.core import LOGIN_FAILURE_WINDOW, MAX_LOGIN_FAILURES
+    from phx.errors import RateLimited
+
+    clock = FakeClock()
+    service = await make_service(db, clock)
+    alice = await Client.new(service).register(tokens=0)
+
+    async def guess() -> None:
+        device = Client.new(service, alice.user_id)
+        login = client_login_start(b"guess")
+        params = InitClientAdditionParams(await device.csr(), login.ke1)
+        await call(service, "init_client_addition", plain_request(params))
+        finish = FinishClientAdditionParams(device.client_id, bytes(64), device.queue_pk, device.ratchet_key)
+        with pytest.raises(OpaqueAuthError):
+            await call(service, "finish_client_addition", plain_request(finish))
+
+    for _ in range(MAX_LOGIN_FAILURES):
+        await guess()
+    with pytest.raises(RateLimited) as info:
+        await guess()
+    assert 0 < info.value.retry_after <= LOGIN_FAILURE_WINDOW
+    # Even the right password waits for the window to pass; then it works and clears the count.
+    with pytest.raises(RateLimited):
+        await add_client(alice, alice.password)
+    clock.now += LOGIN_FAILURE_WINDOW
+    await add_client(alice, alice.password)
+    async with db.transaction(readonly=True) as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM as_login_failures") == 0

@@ -97,6 +97,7 @@ __all__ = [
     "check_alias_auth_key",
     "check_connection_package",
     "check_csr",
+    "check_login_failures",
     "check_payload",
     "check_queue_keys",
     "check_timestamp",
@@ -117,6 +118,9 @@ MAX_USER_PROFILE = 64 * 1024
 MAX_CONNECTION_ESTABLISHMENT_CTXT = 64 * 1024
 MAX_ENCRYPTION_KEY = 256
 ALIAS_AUTH_KEY_SIZE = 32  # Ed25519, the scheme of the default credential ciphersuite
+#: Online password guessing: at most this many failed OPAQUE logins per user and window, then 429.
+MAX_LOGIN_FAILURES = 10
+LOGIN_FAILURE_WINDOW = 3600
 
 
 class AuthMode(enum.Enum):
@@ -300,6 +304,17 @@ def choose_package(packages: Sequence[StoredPackage], now: int) -> tuple[StoredP
 
 
 # --- token allowance ---------------------------------------------------------------------------------
+
+
+def check_login_failures(failures: int, window_start: int | None, now: int) -> None:
+    """Refuse a new password login while the user's failures in the current window reached the maximum."""
+    if window_start is None or now >= window_start + LOGIN_FAILURE_WINDOW:
+        return
+    if failures >= MAX_LOGIN_FAILURES:
+        raise RateLimited(
+            "too many failed password logins for this user; try again later",
+            retry_after=window_start + LOGIN_FAILURE_WINDOW - now,
+        )
 
 
 def frame_end(now: int, frame: int) -> int:

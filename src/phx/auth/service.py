@@ -362,14 +362,24 @@ class AsService:
         password_file = await self.store.password_file(user_id)
         if password_file is None:
             raise NotFound("user does not exist")
+        await self.store.check_login_allowed(user_id, now)
         return opaque.server_login_start(await self.keys.opaque_setup(now), password_file, ke1, user_id)
+
+    async def _login_finish(self, user_id: UserId, state: bytes, ke3: bytes, now: int) -> None:
+        """Check KE3; failures count towards the user's password-guessing throttle."""
+        try:
+            opaque.server_login_finish(state, ke3)
+        except opaque.OpaqueAuthError:
+            await self.store.record_login_failure(user_id, now)
+            raise
+        await self.store.clear_login_failures(user_id)
 
     async def _second_factor(self, client_id: ClientId, ke3: bytes, now: int) -> None:
         """Client 2FA: the KE3 of a login started with initiate_2fa_authentication (used up either way)."""
         state = await self.store.take_login_state(login_key(client_id), now)
         if state is None:
             raise AuthError("no 2FA login in progress for this client (initiate_2fa_authentication first)")
-        opaque.server_login_finish(state, ke3)
+        await self._login_finish(client_id.user_id, state, ke3, now)
 
     async def _op_delete_user(self, op: Operation, request: AsRequest, now: int) -> None:
         cred = await self._client(op, request, now)
@@ -413,7 +423,7 @@ class AsService:
         pending = await self.store.take_pending(add_client_key(p.client_id), now)
         if pending is None or pending.server_state is None or pending.client_csr is None:
             raise AuthError("no client addition in progress for this client id (expired?)")
-        opaque.server_login_finish(pending.server_state, p.opaque_ke3)
+        await self._login_finish(p.client_id.user_id, pending.server_state, p.opaque_ke3, now)
         credential = await self._issue(ClientCsr.decode(pending.client_csr), now)
         queue = self._new_queue(p.queue_encryption_key, p.initial_queue_ratchet_key, now)
         await self.store.add_client(credential, queue=queue, now=now)

@@ -291,6 +291,39 @@ class AsStore:
                 conn, [ClientCredential.decode(bytes(r["credential"])) for r in rows], now
             )
 
+    # --- password login throttle ---------------------------------------------------------------------
+
+    async def check_login_allowed(self, user_id: UserId, now: int) -> None:
+        async with self.db.transaction(readonly=True) as conn:
+            row = await conn.fetchrow(
+                "SELECT window_start, failures FROM as_login_failures WHERE user_id = $1", str(user_id)
+            )
+        if row is not None:
+            core.check_login_failures(int(row["failures"]), int(row["window_start"]), now)
+
+    async def record_login_failure(self, user_id: UserId, now: int) -> None:
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "SELECT window_start, failures FROM as_login_failures WHERE user_id = $1" + _for_update(conn),
+                str(user_id),
+            )
+            if row is None or now >= int(row["window_start"]) + core.LOGIN_FAILURE_WINDOW:
+                start, failures = now, 1
+            else:
+                start, failures = int(row["window_start"]), int(row["failures"]) + 1
+            await conn.execute(
+                "INSERT INTO as_login_failures (user_id, window_start, failures) VALUES ($1, $2, $3) "
+                "ON CONFLICT (user_id) DO UPDATE SET window_start = excluded.window_start, "
+                "failures = excluded.failures",
+                str(user_id),
+                start,
+                failures,
+            )
+
+    async def clear_login_failures(self, user_id: UserId) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM as_login_failures WHERE user_id = $1", str(user_id))
+
     # --- profiles ------------------------------------------------------------------------------------
 
     async def set_profile(self, user_id: UserId, profile: bytes) -> None:
@@ -528,6 +561,9 @@ class AsStore:
         inactive since before ``inactive_before`` (book: maximal client record age; their credentials are
         revoked, the user entry stays so the user can add a client with the password)."""
         async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM as_login_failures WHERE window_start < $1", now - core.LOGIN_FAILURE_WINDOW
+            )
             inactive = await conn.fetch(
                 "SELECT client_id, credential FROM as_clients WHERE activity_time < $1", inactive_before
             )

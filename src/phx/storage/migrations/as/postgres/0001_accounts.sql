@@ -96,6 +96,13 @@ CREATE TABLE as_domain_token_issuance (
     issued BIGINT  NOT NULL
 );
 
+-- Failed OPAQUE logins per user in the current window: throttles online password guessing.
+CREATE TABLE as_login_failures (
+    user_id      TEXT    PRIMARY KEY,
+    window_start BIGINT  NOT NULL,
+    failures     BIGINT  NOT NULL
+);
+
 -- Privacy Pass issuer keys, one per time frame (phx.privacypass.keys).
 CREATE TABLE pp_issuer_keys (
     epoch      BIGINT  PRIMARY KEY,

@@ -96,6 +96,13 @@ CREATE TABLE as_domain_token_issuance (
     issued INTEGER NOT NULL
 ) STRICT;
 
+-- Failed OPAQUE logins per user in the current window: throttles online password guessing.
+CREATE TABLE as_login_failures (
+    user_id      TEXT    PRIMARY KEY,
+    window_start INTEGER NOT NULL,
+    failures     INTEGER NOT NULL
+) STRICT;
+
 -- Privacy Pass issuer keys, one per time frame (phx.privacypass.keys).
 CREATE TABLE pp_issuer_keys (
     epoch      INTEGER PRIMARY KEY,
