@@ -1,0 +1,88 @@
+"""QS-to-QS delivery between two homeservers in one process (ASGI transport, both engines)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+
+from phx.errors import PolicyDenied
+from phx.identifiers import Fqdn
+
+from .conftest import DbFactory
+from .helpers import Homeserver, HostRouter, fan_out, fast_config, make_homeserver, new_group
+
+A, B = Fqdn("a.test"), Fqdn("b.test")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def pair(db_factory: DbFactory) -> AsyncIterator[tuple[Homeserver, Homeserver, HostRouter]]:
+    router = HostRouter()
+    async with AsyncExitStack() as stack:
+        servers = []
+        for domain in ("a.test", "b.test"):
+            db, url = await stack.enter_async_context(db_factory(domain))
+            hs = await make_homeserver(fast_config(domain), db, router, database_url=url)
+            router.add(hs.domain, httpx.ASGITransport(app=hs.app()))
+            servers.append(hs)
+        for hs in servers:
+            await hs.fed.start()
+            stack.push_async_callback(hs.fed.stop)
+        yield servers[0], servers[1], router
+
+
+async def test_fan_out_reaches_remote_queues_in_order(
+    pair: tuple[Homeserver, Homeserver, HostRouter],
+) -> None:
+    a, b, _ = pair
+    local = await a.register()
+    remote1, remote2 = await b.register(), await b.register()
+    group = new_group(A)
+    configs = [local.queue_config(), remote1.queue_config(), remote2.queue_config()]
+    for i in range(20):
+        assert await a.qs.enqueue_fan_out(fan_out(configs, group, b"m%d" % i)) == []
+    expected = [b"m%d" % i for i in range(20)]
+
+    async def arrived() -> bool:
+        return len(await remote2.bodies()) >= 20 and len(await remote1.bodies()) >= 20
+
+    await eventually(arrived)
+    assert await local.bodies() == expected
+    assert await remote1.bodies() == expected
+    assert await remote2.bodies() == expected
+    async with a.db.transaction() as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM fed_outbox") == 0
+        rows = await a.fed.store.destinations(conn)
+    assert [(r.destination, r.backlog, r.sent_total, r.failures) for r in rows] == [(B, 0, 20, 0)]
+    async with b.db.transaction() as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM fed_received") == 20
+
+
+async def test_blocked_destination_fails_the_fan_out_loudly(db_factory: DbFactory) -> None:
+    router = HostRouter()
+    async with db_factory("a.test") as (db, url):
+        a = await make_homeserver(
+            fast_config("a.test", blocklist=frozenset({B})), db, router, database_url=url
+        )
+        b_cfg = (await a.register()).queue_config()
+        from phx.queuing.messages import ClientQueueConfig
+
+        remote = ClientQueueConfig(B, b_cfg.sealed_config)
+        local = await a.register()
+        with pytest.raises(PolicyDenied):
+            await a.qs.enqueue_fan_out(fan_out([local.queue_config(), remote], new_group(A), b"x"))
+        assert await local.bodies() == []  # rolled back with it
+        async with db.transaction() as conn:
+            assert await conn.fetchval("SELECT COUNT(*) FROM fed_outbox") == 0
