@@ -285,12 +285,12 @@ async def test_unsealed_configs_are_cached_and_bounded(db: Database, monkeypatch
         calls += 1
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("phx.queuing.service.unseal_queue_config", counting)
+    monkeypatch.setattr("phx.queuing.fanout.unseal_queue_config", counting)
     await service.enqueue_fan_out(fan_out(configs[:2]))
     await service.enqueue_fan_out(fan_out(configs[:2]))
     assert calls == 2
     await service.enqueue_fan_out(fan_out(configs[2:]))  # evicts the least recently used
-    assert calls == 3 and len(service._cache) == 2
+    assert calls == 3 and service.fan_out.cache_len == 2
     await service.enqueue_fan_out(fan_out(configs[:1]))
     assert calls == 4
 
@@ -314,3 +314,20 @@ async def test_concurrent_enqueues_keep_sequence_numbers_contiguous(db: Database
         payloads = await c.read_queue()
         bodies = sorted(int(body_of(p)) for p in payloads)
         assert bodies == list(range(n))
+
+
+async def test_a_failing_fan_out_does_not_fail_others_sharing_its_transaction(db: Database) -> None:
+    service = await make_service(db)
+    a, b = await register(service), await register(service)
+    remote = ClientQueueConfig(Fqdn("remote.test"), a.queue_config().sealed_config)
+    good = [fan_out([a.queue_config(), b.queue_config()], body=str(i).encode()) for i in range(8)]
+    bad = fan_out([b.queue_config(), remote], body=b"bad")
+    results = await asyncio.gather(
+        *(service.enqueue_fan_out(m) for m in [*good[:4], bad, *good[4:]]), return_exceptions=True
+    )
+    assert isinstance(results[4], Unavailable)
+    assert [r for i, r in enumerate(results) if i != 4] == [[]] * 8
+    for c in (a, b):
+        assert sorted(body_of(p) for p in await c.read_queue()) == sorted(str(i).encode() for i in range(8))
+        items = await service.queue_items(c.cid)
+        assert [i.sequence_number for i in items] == list(range(len(items)))

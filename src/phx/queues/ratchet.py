@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated
 
 from phx.codec import U8, U64, MaxLen, Reader, Struct, WireEnum, Writer, decode_all
@@ -56,8 +57,7 @@ MAX_QUEUE_CIPHERTEXT = 1 << 24
 _LABEL_INITIAL = b"queue initial ratchet key"
 _LABEL_UPDATE = b"queue key update"
 _LABEL_NEXT = b"queue next ratchet key"
-_LABEL_MESSAGE_KEY = b"queue message key"
-_LABEL_MESSAGE_NONCE = b"queue message nonce"
+_LABEL_MESSAGE_KEY = b"queue message key and nonce"
 _LABEL_ROTATION = b"queue rotation key"
 
 
@@ -112,8 +112,16 @@ def _opaque(b: bytes) -> bytes:
     return w.getvalue()
 
 
+def _info(label: bytes, context: bytes, length: int) -> bytes:
+    return length.to_bytes(2, "big") + _opaque(PHX_PREFIX + label) + _opaque(context)
+
+
 def _expand(cs: CipherSuite, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
-    info = length.to_bytes(2, "big") + _opaque(PHX_PREFIX + label) + _opaque(context)
+    """ExpandWithLabel with the Phoenix prefix. For ``length <= Nh`` HKDF-Expand is the single block
+    ``HMAC(secret, info || 0x01)``, computed directly since this runs for every queued message."""
+    info = _info(label, context, length)
+    if length <= cs.nh:
+        return cs.mac(secret, info + b"\x01")[:length]
     return cs.expand(secret, info, length)
 
 
@@ -125,13 +133,31 @@ def _hpke_info(label: bytes, sequence_number: int, item_type: QueueItemType) -> 
     return _opaque(PHX_PREFIX + label) + _opaque(_aad(sequence_number, item_type))
 
 
+@lru_cache(maxsize=16)
+def _step_constants(cs: CipherSuite) -> tuple[bytes, bytes] | None:
+    """(message-key info without its context, full next-key info), both ending as HKDF's single block
+    needs; None when the key and nonce do not fit one hash block (then the generic path runs)."""
+    nk, nn = cs.aead.nk, cs.aead.nn
+    if nk + nn > cs.nh:
+        return None
+    msg = (nk + nn).to_bytes(2, "big") + _opaque(PHX_PREFIX + _LABEL_MESSAGE_KEY) + b"\x08"
+    nxt = _info(_LABEL_NEXT, b"", cs.nh) + b"\x01"
+    return msg, nxt
+
+
 def _message_keys(cs: CipherSuite, ratchet_key: bytes, sequence_number: int) -> tuple[bytes, bytes, bytes]:
-    """(AEAD key, nonce, next ratchet key) derived from one ratchet key."""
+    """(AEAD key, nonce, next ratchet key) derived from one ratchet key under two distinct labels."""
+    nk, nn = cs.aead.nk, cs.aead.nn
     seq = sequence_number.to_bytes(8, "big")
-    key = _expand(cs, ratchet_key, _LABEL_MESSAGE_KEY, seq, cs.aead.nk)
-    nonce = _expand(cs, ratchet_key, _LABEL_MESSAGE_NONCE, seq, cs.aead.nn)
-    nxt = _expand(cs, ratchet_key, _LABEL_NEXT, b"", cs.nh)
-    return key, nonce, nxt
+    consts = _step_constants(cs)
+    if consts is None:
+        okm = _expand(cs, ratchet_key, _LABEL_MESSAGE_KEY, seq, nk + nn)
+        nxt = _expand(cs, ratchet_key, _LABEL_NEXT, b"", cs.nh)
+    else:
+        # Exactly _expand's result: the context is the 8-byte sequence number (varint length 0x08).
+        okm = cs.mac(ratchet_key, consts[0] + seq + b"\x01")
+        nxt = cs.mac(ratchet_key, consts[1])
+    return okm[:nk], okm[nk : nk + nn], nxt
 
 
 def _rotated(cs: CipherSuite, ratchet_key: bytes, fresh: bytes) -> bytes:
@@ -196,12 +222,13 @@ def enqueue(
         state, update = rotate(cs, state, now, random=random)
         items.append(update)
     rk, seq = state.ratchet_key, state.next_sequence
+    message = QueueItemType.MESSAGE
     for payload in payloads:
         key, nonce, rk = _message_keys(cs, rk, seq)
-        ct = cs.seal(key, nonce, _aad(seq, QueueItemType.MESSAGE), payload)
-        items.append(QueueMessage(seq, QueueItemType.MESSAGE, b"", ct))
+        ct = cs.seal(key, nonce, seq.to_bytes(8, "big") + b"\x03", payload)
+        items.append(QueueMessage(seq, message, b"", ct))
         seq += 1
-    return replace(state, ratchet_key=rk, next_sequence=seq), items
+    return QueueState(state.encryption_key, rk, seq, state.last_rotation), items
 
 
 class QueueReader:

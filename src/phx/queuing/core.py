@@ -35,7 +35,9 @@ __all__ = [
     "MIN_FRIENDSHIP_TOKEN",
     "ClientRecord",
     "DeliveryPlan",
+    "DeliveryTarget",
     "LocalRecipient",
+    "Unsealed",
     "UserRecord",
     "check_add_packages",
     "check_auth",
@@ -246,9 +248,23 @@ def check_add_packages(
 
 
 @dataclass(frozen=True, slots=True)
+class Unsealed:
+    """What a sealed config tells this QS, precomputed once per sealed config (and cached)."""
+
+    queue_config: QueueConfig
+    queue_id: bytes
+    qs_uid: bytes
+
+    @classmethod
+    def of(cls, qc: QueueConfig) -> Unsealed:
+        cid = qc.pseudonymous_client_id
+        return cls(qc, cid.client_id.bytes, cid.qs_uid.user_id.bytes)
+
+
+@dataclass(frozen=True, slots=True)
 class LocalRecipient:
     config: ClientQueueConfig
-    queue_config: QueueConfig
+    unsealed: Unsealed
 
 
 @dataclass(slots=True)
@@ -261,7 +277,7 @@ class Classified:
 def classify_configs(
     configs: Iterable[ClientQueueConfig],
     own_domain: Fqdn,
-    unseal: Callable[[ClientQueueConfig], QueueConfig | None],
+    unseal: Callable[[ClientQueueConfig], Unsealed | None],
 ) -> Classified:
     """Split a fan-out's configs into local ones (unsealed), remote ones (by domain) and local ones that
     do not unseal (they can never be delivered)."""
@@ -270,19 +286,28 @@ def classify_configs(
         if config.client_homeserver_domain != own_domain:
             out.remote.setdefault(config.client_homeserver_domain, []).append(config)
             continue
-        qc = unseal(config)
-        if qc is None:
+        u = unseal(config)
+        if u is None:
             out.unusable.append(config)
         else:
-            out.local.append(LocalRecipient(config, qc))
+            out.local.append(LocalRecipient(config, u))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTarget:
+    """The parts of a client record a delivery needs (keyed by queue id, owner checked by the store)."""
+
+    blocklist_salt: bytes
+    blocklist: frozenset[bytes]
+    encrypted_push_token: bytes | None
 
 
 @dataclass(slots=True)
 class Delivery:
     """One queue the fan-out reached: for the listener wake-up and the push notification."""
 
-    qs_cid: QsCid
+    queue_id: bytes
     next_sequence: int
     push_token_key: bytes | None
     encrypted_push_token: bytes | None
@@ -299,7 +324,7 @@ class DeliveryPlan:
 def plan_deliveries(
     cs: CipherSuite,
     recipients: Sequence[LocalRecipient],
-    clients: Mapping[QsCid, ClientRecord],
+    targets: Mapping[bytes, DeliveryTarget],
     states: Mapping[bytes, QueueState],
     group_id: GroupId,
     payload: bytes,
@@ -308,36 +333,31 @@ def plan_deliveries(
     rotation_interval: int,
     random: Random = os.urandom,
 ) -> DeliveryPlan:
-    """Encrypt ``payload`` into each recipient's queue. A recipient without a client record is reported
-    deleted; one whose blocklist holds the group is skipped silently; a client named twice gets it once."""
+    """Encrypt ``payload`` into each recipient's queue. A recipient without a client record (or queue) is
+    reported deleted; one whose blocklist holds the group is skipped silently; a client named twice gets
+    it once. ``targets`` and ``states`` are keyed by queue id."""
     plan = DeliveryPlan()
-    seen: set[QsCid] = set()
+    seen: set[bytes] = set()
     for rcpt in recipients:
-        qs_cid = rcpt.queue_config.pseudonymous_client_id
-        record = clients.get(qs_cid)
-        state = states.get(queue_id_of(qs_cid)) if record is not None else None
-        if record is None or state is None:
+        qid = rcpt.unsealed.queue_id
+        target = targets.get(qid)
+        state = states.get(qid)
+        if target is None or state is None:
             plan.deleted.append(rcpt.config)
             continue
-        if qs_cid in seen:
+        if qid in seen:
             continue
-        seen.add(qs_cid)
-        if record.blocklist and blocklist_hash(record.blocklist_salt, group_id) in record.blocklist:
+        seen.add(qid)
+        if target.blocklist and blocklist_hash(target.blocklist_salt, group_id) in target.blocklist:
             continue
         new_state, items = enqueue(
             cs, state, (payload,), now, rotation_interval=rotation_interval, random=random
         )
-        qid = queue_id_of(qs_cid)
         plan.states[qid] = new_state
-        plan.items.extend((qid, item) for item in items)
-        plan.delivered.append(
-            Delivery(
-                qs_cid,
-                new_state.next_sequence,
-                rcpt.queue_config.option_push_token_key,
-                record.encrypted_push_token,
-            )
-        )
+        for item in items:
+            plan.items.append((qid, item))
+        push_key = rcpt.unsealed.queue_config.option_push_token_key
+        plan.delivered.append(Delivery(qid, new_state.next_sequence, push_key, target.encrypted_push_token))
     return plan
 
 

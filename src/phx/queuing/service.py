@@ -17,25 +17,30 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from phx.codec import Struct
 from phx.config import QsConfig
 from phx.crypto import SUITE_1, CipherSuite
-from phx.errors import Conflict, DecodeError, NotFound, PhxError, TokenError, Unavailable, ValidationError
+from phx.errors import Conflict, DecodeError, NotFound, TokenError, Unavailable, ValidationError
 from phx.identifiers import Fqdn, QsCid, QsUid
 from phx.queues import QueueMessage, Random
 from phx.storage import Connection, Database
 
 from . import core
+from .fanout import (
+    DEFAULT_BATCH,
+    DEFAULT_CONFIG_CACHE,
+    FanOutDeliverer,
+    FederationUnavailable,
+    RemoteForwarder,
+)
 from .listeners import ListenerRegistry, LocalListenerRegistry, LoggingPushNotifier, PushNotifier
 from .messages import (
     AddPackage,
     AddPackageParams,
     AddPackageResponse,
-    ClientQueueConfig,
     ClientRecordResponse,
     CreateClientRecordParams,
     CreateClientRecordResponse,
@@ -46,14 +51,11 @@ from .messages import (
     DequeueMessagesParams,
     DequeueMessagesResponse,
     FanOutMessage,
-    FanOutQueuePayload,
     KeyPackageBatch,
     LocalEnqueueResponse,
-    MessageContent,
     Operation,
     PublishKeyPackagesParams,
     QsClientRequest,
-    QueueConfig,
     QueueConfigEncryptionKeyResponse,
     QueueDeleted,
     UpdateBlocklistParams,
@@ -63,8 +65,6 @@ from .messages import (
     UserRecordResponse,
     VerifyingKeyResponse,
     WsParams,
-    decrypt_push_token,
-    unseal_queue_config,
 )
 from .store import QsStore
 
@@ -79,8 +79,6 @@ log = logging.getLogger("phx.queuing")
 
 #: Most entries in one queue's blocklist.
 MAX_BLOCKLIST = 10_000
-#: Default bound on the cache of unsealed queue configs (an entry is ~300 bytes).
-DEFAULT_CONFIG_CACHE = 100_000
 
 _KEY_SIGNING = "signing_key"
 _KEY_QUEUE_CONFIG = "queue_config_key"
@@ -92,24 +90,6 @@ class TokenRedeemer(Protocol):
     async def redeem(self, token: bytes, now: int) -> None:
         """Accept a Privacy Pass token once; raise :class:`~phx.errors.TokenError` otherwise."""
         ...
-
-
-class RemoteForwarder(Protocol):
-    async def forward(
-        self, conn: Connection, domain: Fqdn, configs: Sequence[ClientQueueConfig], content: MessageContent
-    ) -> None:
-        """Hand ``content`` for ``configs`` (all of ``domain``) to federation, inside the fan-out's
-        transaction ``conn``. A ``QueueDeleted`` from the remote QS comes back to the DS asynchronously."""
-        ...
-
-
-class FederationUnavailable:
-    """The forwarder until federation exists: a fan-out with remote recipients fails with 503."""
-
-    async def forward(
-        self, conn: Connection, domain: Fqdn, configs: Sequence[ClientQueueConfig], content: MessageContent
-    ) -> None:
-        raise Unavailable(f"cannot forward to {domain}: federation is not available on this server")
 
 
 class QsService:
@@ -128,6 +108,7 @@ class QsService:
         listeners: ListenerRegistry | None = None,
         random: Random = os.urandom,
         config_cache_size: int = DEFAULT_CONFIG_CACHE,
+        fan_out_batch: int = DEFAULT_BATCH,
         cs: CipherSuite = SUITE_1,
     ) -> None:
         self.db = db
@@ -145,8 +126,21 @@ class QsService:
         self.verifying_key = cs.signature_public_key(signing_key)
         self._qc_private = queue_config_key
         self.queue_config_encryption_key = cs.hpke_public_key(queue_config_key)
-        self._cache: OrderedDict[bytes, QueueConfig | None] = OrderedDict()
-        self._cache_size = config_cache_size
+        self.fan_out = FanOutDeliverer(
+            db,
+            self.store,
+            config,
+            domain,
+            queue_config_key,
+            cs=cs,
+            clock=clock,
+            forwarder=self.forwarder,
+            listeners=self.listeners,
+            notifier=self.notifier,
+            random=random,
+            cache_size=config_cache_size,
+            batch=fan_out_batch,
+        )
         self._handlers: dict[Operation, Callable[[QsClientRequest, int], Awaitable[Struct | None]]] = {
             Operation.CREATE_USER_RECORD: self.create_user_record,
             Operation.UPDATE_USER_RECORD: self.update_user_record,
@@ -176,6 +170,7 @@ class QsService:
         listeners: ListenerRegistry | None = None,
         random: Random = os.urandom,
         config_cache_size: int = DEFAULT_CONFIG_CACHE,
+        fan_out_batch: int = DEFAULT_BATCH,
         cs: CipherSuite = SUITE_1,
     ) -> QsService:
         """Load the QS key pairs from the database, generating them on first start (the ``qs``
@@ -202,6 +197,7 @@ class QsService:
             listeners=listeners,
             random=random,
             config_cache_size=config_cache_size,
+            fan_out_batch=fan_out_batch,
             cs=cs,
         )
 
@@ -459,69 +455,15 @@ class QsService:
 
     # --- fan-out from the DS --------------------------------------------------------------------------
 
-    def _unseal(self, config: ClientQueueConfig) -> QueueConfig | None:
-        sealed = config.sealed_config
-        key = sealed.kem_output + sealed.ciphertext
-        cache = self._cache
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-        try:
-            qc: QueueConfig | None = unseal_queue_config(self._qc_private, self.domain, sealed, cs=self.cs)
-        except ValidationError:
-            qc = None
-        cache[key] = qc
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
-        return qc
-
     async def local_enqueue(self, body: bytes) -> bytes:
         """The local DS's call on wire bytes: a FanOutMessage in, a LocalEnqueueResponse out."""
         deleted = await self.enqueue_fan_out(FanOutMessage.decode(body))
         return LocalEnqueueResponse(tuple(deleted)).encode()
 
     async def enqueue_fan_out(self, fan_out: FanOutMessage) -> list[QueueDeleted]:
-        """Deliver one fan-out in one transaction; returns the configs whose queue does not exist."""
-        content = fan_out.message_content
-        group_id = content.group_id()
-        now = self.clock()
-        classified = core.classify_configs(fan_out.client_queue_configs, self.domain, self._unseal)
-        payload = FanOutQueuePayload(now, content).encode()
-        wanted = [r.queue_config.pseudonymous_client_id for r in classified.local]
-        async with self.db.transaction() as conn:
-            clients = await self.store.clients_by_id(conn, wanted)
-            states = await self.store.queues.lock(conn, [c.queue_id for c in clients.values()])
-            plan = core.plan_deliveries(
-                self.cs,
-                classified.local,
-                clients,
-                states,
-                group_id,
-                payload,
-                now,
-                rotation_interval=self.config.ratchet_key_rotation_interval,
-                random=self.random,
-            )
-            await self.store.queues.save(conn, plan.states, plan.items)
-            for domain, configs in classified.remote.items():
-                await self.forwarder.forward(conn, domain, configs, content)
-        for d in plan.delivered:
-            await self._after_delivery(d)
-        return [QueueDeleted(c, group_id) for c in (*plan.deleted, *classified.unusable)]
-
-    async def _after_delivery(self, d: core.Delivery) -> None:
-        qid = core.queue_id_of(d.qs_cid)
-        if self.listeners.is_listening(qid):
-            self.listeners.notify(qid, d.next_sequence)
-            return
-        if d.push_token_key is None or d.encrypted_push_token is None:
-            return
-        try:
-            token = decrypt_push_token(d.push_token_key, d.encrypted_push_token, cs=self.cs)
-            await self.notifier.notify(token)
-        except PhxError as e:
-            # A stale key or a broken provider must not fail a delivery that has committed.
-            log.warning("push notification not sent: %s", e)
+        """Deliver one fan-out (in one transaction, possibly shared with concurrent fan-outs); returns the
+        configs whose queue does not exist."""
+        return await self.fan_out.deliver(fan_out)
 
     # --- expiry ---------------------------------------------------------------------------------------
 

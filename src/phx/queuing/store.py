@@ -12,19 +12,21 @@ concatenated 32-byte salted hashes), ``qs_key_packages``, and the ``phx.queues``
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from phx.identifiers import QsCid, QsUid
+from phx.queues import QueueState
 from phx.queues.store import QueueStore, in_args, in_clause
 from phx.storage import Connection, Row
 
-from .core import ClientRecord, UserRecord
+from .core import ClientRecord, DeliveryTarget, UserRecord
 
 __all__ = ["QsStore", "QUEUE_TABLE_PREFIX", "QUEUE_OWNER"]
 
 QUEUE_TABLE_PREFIX = "qs"
 QUEUE_OWNER = "qs_client_records (client_id)"
 _HASH = 32
+_EMPTY: frozenset[bytes] = frozenset()
 
 _CLIENT_COLUMNS = (
     "qs_uid, client_id, auth_key, encrypted_push_token, activity_time, blocklist_salt, blocklist, created_at"
@@ -155,20 +157,37 @@ class QsStore:
         )
         return int(n)
 
-    async def clients_by_id(self, conn: Connection, qs_cids: Sequence[QsCid]) -> dict[QsCid, ClientRecord]:
-        """The existing records among ``qs_cids`` (a fan-out's recipients), in one query."""
-        if not qs_cids:
-            return {}
-        ids = sorted({c.client_id.bytes for c in qs_cids})
-        rows = await conn.fetch(
-            f"SELECT {_CLIENT_COLUMNS} FROM qs_client_records "
-            f"WHERE client_id {in_clause(conn.engine, len(ids))}",
-            *in_args(conn.engine, ids),
+    async def lock_delivery_targets(
+        self, conn: Connection, owners: Mapping[bytes, bytes]
+    ) -> tuple[dict[bytes, DeliveryTarget], dict[bytes, QueueState]]:
+        """For a fan-out's recipients (queue id -> QsUid bytes from the sealed config): the client records
+        that exist under that QsUid and their queue states, the queues locked, in one query."""
+        if not owners:
+            return {}, {}
+        ids = sorted(owners)
+        sql = (
+            "SELECT c.client_id, c.qs_uid, c.blocklist_salt, c.blocklist, c.encrypted_push_token, "
+            "q.encryption_key, q.ratchet_key, q.next_sequence, q.last_rotation "
+            "FROM qs_client_records c JOIN qs_queues q ON q.queue_id = c.client_id "
+            f"WHERE c.client_id {in_clause(conn.engine, len(ids))} ORDER BY c.client_id"
         )
-        wanted = set(qs_cids)
-        found = (_client(r) for r in rows)
-        # A client id under another user's QsUid is not that record.
-        return {c.qs_cid: c for c in found if c.qs_cid in wanted}
+        if conn.engine == "postgres":
+            sql += " FOR UPDATE OF q"
+        targets: dict[bytes, DeliveryTarget] = {}
+        states: dict[bytes, QueueState] = {}
+        for r in await conn.fetch(sql, *in_args(conn.engine, ids)):
+            qid = bytes(r[0])
+            if owners.get(qid) != bytes(r[1]):
+                continue  # a client id under another user's QsUid is not that record
+            blocklist = bytes(r[3])
+            token = r[4]
+            targets[qid] = DeliveryTarget(
+                bytes(r[2]),
+                _unpack_blocklist(blocklist) if blocklist else _EMPTY,
+                None if token is None else bytes(token),
+            )
+            states[qid] = QueueState(bytes(r[5]), bytes(r[6]), int(r[7]), int(r[8]))
+        return targets, states
 
     async def update_client(self, conn: Connection, client: ClientRecord) -> None:
         await conn.execute(

@@ -1,0 +1,251 @@
+"""Fan-out delivery with group commit.
+
+Each fan-out is prepared outside any transaction (group id, config unsealing through a bounded cache keyed
+by the sealed bytes, the payload encoded once). Fan-outs that arrive while a transaction is running are
+delivered together in the next one: one client lookup, one locking read of the queue states, one batch of
+state updates and one of inserts, one commit (one fsync on SQLite) for all of them. A fan-out is never
+split across transactions, so "all deliveries of one fan-out are one transaction" holds. If a shared
+transaction fails, each of its fan-outs is retried alone, so one fan-out's failure (say, a remote
+recipient without federation) never fails another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from phx.config import QsConfig
+from phx.crypto import CipherSuite
+from phx.errors import PhxError, Unavailable, ValidationError
+from phx.identifiers import Fqdn, GroupId
+from phx.queues import QueueState, Random
+from phx.storage import Connection, Database
+
+from . import core
+from .listeners import ListenerRegistry, PushNotifier
+from .messages import (
+    ClientQueueConfig,
+    FanOutMessage,
+    FanOutQueuePayload,
+    MessageContent,
+    QueueDeleted,
+    decrypt_push_token,
+    unseal_queue_config,
+)
+from .store import QsStore
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_CONFIG_CACHE",
+    "DEFAULT_PARALLEL",
+    "FanOutDeliverer",
+    "FederationUnavailable",
+    "RemoteForwarder",
+]
+
+log = logging.getLogger("phx.queuing")
+
+#: Bound on the cache of unsealed queue configs (an entry is ~300 bytes).
+DEFAULT_CONFIG_CACHE = 100_000
+#: Most fan-outs delivered in one transaction.
+DEFAULT_BATCH = 64
+#: Most fan-out transactions in flight at once (PostgreSQL; SQLite always runs one).
+DEFAULT_PARALLEL = 2
+
+
+class RemoteForwarder(Protocol):
+    async def forward(
+        self, conn: Connection, domain: Fqdn, configs: Sequence[ClientQueueConfig], content: MessageContent
+    ) -> None:
+        """Hand ``content`` for ``configs`` (all of ``domain``) to federation, inside the fan-out's
+        transaction ``conn`` (so an outbox row commits with the local deliveries, or not at all). A
+        ``QueueDeleted`` from the remote QS reaches the DS asynchronously, through federation."""
+        ...
+
+
+class FederationUnavailable:
+    """The forwarder until federation exists: a fan-out with remote recipients fails with 503."""
+
+    async def forward(
+        self, conn: Connection, domain: Fqdn, configs: Sequence[ClientQueueConfig], content: MessageContent
+    ) -> None:
+        raise Unavailable(f"cannot forward to {domain}: federation is not available on this server")
+
+
+@dataclass(slots=True)
+class _Job:
+    group_id: GroupId
+    content: MessageContent
+    classified: core.Classified
+    payload: bytes
+    now: int
+    future: asyncio.Future[list[QueueDeleted]]
+
+
+class FanOutDeliverer:
+    def __init__(
+        self,
+        db: Database,
+        store: QsStore,
+        config: QsConfig,
+        domain: Fqdn,
+        queue_config_key: bytes,
+        *,
+        cs: CipherSuite,
+        clock: Callable[[], int],
+        forwarder: RemoteForwarder,
+        listeners: ListenerRegistry,
+        notifier: PushNotifier,
+        random: Random,
+        cache_size: int = DEFAULT_CONFIG_CACHE,
+        batch: int = DEFAULT_BATCH,
+        parallel: int = DEFAULT_PARALLEL,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.config = config
+        self.domain = domain
+        self.cs = cs
+        self.clock = clock
+        self.forwarder = forwarder
+        self.listeners = listeners
+        self.notifier = notifier
+        self.random = random
+        self._qc_private = queue_config_key
+        self._cache: OrderedDict[bytes, core.Unsealed | None] = OrderedDict()
+        self._cache_size = cache_size
+        self._batch = max(1, batch)
+        self._pending: list[_Job] = []
+        # SQLite has one writer, so a second transaction would only wait for the first; PostgreSQL can
+        # execute one batch while this process encrypts the next.
+        self._max_drainers = 1 if db.engine == "sqlite" else max(1, parallel)
+        self._drainers: set[asyncio.Task[None]] = set()
+
+    def unseal(self, config: ClientQueueConfig) -> core.Unsealed | None:
+        """What a sealed config addressed to this QS holds, None if it does not open (cached)."""
+        sealed = config.sealed_config
+        key = sealed.kem_output + sealed.ciphertext
+        cache = self._cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        try:
+            u: core.Unsealed | None = core.Unsealed.of(
+                unseal_queue_config(self._qc_private, self.domain, sealed, cs=self.cs)
+            )
+        except ValidationError:
+            u = None
+        cache[key] = u
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return u
+
+    @property
+    def cache_len(self) -> int:
+        return len(self._cache)
+
+    async def deliver(self, fan_out: FanOutMessage) -> list[QueueDeleted]:
+        """Deliver one fan-out; returns the configs whose queue does not exist (``QueueDeleted``)."""
+        content = fan_out.message_content
+        group_id = content.group_id()
+        now = self.clock()
+        classified = core.classify_configs(fan_out.client_queue_configs, self.domain, self.unseal)
+        payload = FanOutQueuePayload(now, content).encode()
+        future: asyncio.Future[list[QueueDeleted]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(group_id, content, classified, payload, now, future))
+        # A finished drainer leaves the set only in a later loop step (done callbacks are scheduled), so
+        # count the live ones: a job must never wait behind a drainer that has already returned.
+        live = [t for t in self._drainers if not t.done()]
+        if len(live) < self._max_drainers:
+            task = asyncio.ensure_future(self._drain())
+            self._drainers.add(task)
+            task.add_done_callback(self._drainers.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                # Let the callers whose fan-outs just committed submit their next ones first: bigger
+                # batches share one commit (fsync) and one round of statements.
+                await asyncio.sleep(0)
+                jobs = [j for j in self._pending[: self._batch] if not j.future.done()]
+                del self._pending[: self._batch]
+                if not jobs:
+                    continue
+                try:
+                    await self._run(jobs)
+                except Exception as e:
+                    if len(jobs) == 1:
+                        _fail(jobs[0], e)
+                        continue
+                    for job in jobs:
+                        try:
+                            await self._run([job])
+                        except Exception as e1:
+                            _fail(job, e1)
+        except BaseException:
+            for job in self._pending:
+                job.future.cancel()
+            self._pending.clear()
+            raise
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        owners = {r.unsealed.queue_id: r.unsealed.qs_uid for j in jobs for r in j.classified.local}
+        plans: list[core.DeliveryPlan] = []
+        async with self.db.transaction() as conn:
+            targets, states = await self.store.lock_delivery_targets(conn, owners)
+            changed: dict[bytes, QueueState] = {}
+            items = []
+            for job in jobs:
+                plan = core.plan_deliveries(
+                    self.cs,
+                    job.classified.local,
+                    targets,
+                    states,
+                    job.group_id,
+                    job.payload,
+                    job.now,
+                    rotation_interval=self.config.ratchet_key_rotation_interval,
+                    random=self.random,
+                )
+                states.update(plan.states)
+                changed.update(plan.states)
+                items.extend(plan.items)
+                plans.append(plan)
+            await self.store.queues.save(conn, changed, items)
+            for job in jobs:
+                for domain, configs in job.classified.remote.items():
+                    await self.forwarder.forward(conn, domain, configs, job.content)
+        latest: dict[bytes, core.Delivery] = {}
+        for plan in plans:
+            for d in plan.delivered:
+                latest[d.queue_id] = d
+        for job, plan in zip(jobs, plans, strict=True):
+            if not job.future.done():
+                deleted = (*plan.deleted, *job.classified.unusable)
+                job.future.set_result([QueueDeleted(c, job.group_id) for c in deleted])
+        for d in latest.values():
+            await self._after_delivery(d)
+
+    async def _after_delivery(self, d: core.Delivery) -> None:
+        qid = d.queue_id
+        if self.listeners.is_listening(qid):
+            self.listeners.notify(qid, d.next_sequence)
+            return
+        if d.push_token_key is None or d.encrypted_push_token is None:
+            return
+        try:
+            token = decrypt_push_token(d.push_token_key, d.encrypted_push_token, cs=self.cs)
+            await self.notifier.notify(token)
+        except PhxError as e:
+            # A stale key or a broken provider must not fail a delivery that has committed.
+            log.warning("push notification not sent: %s", e)
+
+
+def _fail(job: _Job, e: Exception) -> None:
+    if not job.future.done():
+        job.future.set_exception(e)
