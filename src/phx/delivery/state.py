@@ -121,13 +121,17 @@ class PaddingTarget:
     target"), in members, rounded up to a power of two.
 
     It is estimated from the sizes of the groups this process has decrypted (kept in memory only, never at
-    rest: a per-group size record in the database would undo the padding) and starts from ``initial``
-    (the last persisted target, a single DS-wide number)."""
+    rest: a per-group size record in the database would undo the padding). Until ``min_groups`` groups
+    were seen, the estimate never goes below ``initial`` (the last persisted target, a single DS-wide
+    number), so a restart does not shrink the padding."""
 
-    def __init__(self, percentile: int, initial: int = 1, max_groups: int = 100_000) -> None:
+    def __init__(
+        self, percentile: int, initial: int = 1, max_groups: int = 100_000, min_groups: int = 100
+    ) -> None:
         self.percentile = percentile
         self.initial = max(1, initial)
         self.max_groups = max_groups
+        self.min_groups = min_groups
         self._bucket: OrderedDict[bytes, int] = OrderedDict()
         self._counts = [0] * 40
 
@@ -156,12 +160,13 @@ class PaddingTarget:
         if total == 0:
             return self.initial
         need = -(-total * self.percentile // 10)  # ceil(total * p / 10)
-        seen = 0
+        seen, estimate = 0, self.initial
         for b, n in enumerate(self._counts):
             seen += n
             if seen >= need:
-                return 1 << b
-        return self.initial  # unreachable: the counts sum to total
+                estimate = 1 << b
+                break
+        return estimate if total >= self.min_groups else max(estimate, self.initial)
 
 
 def _pad(plaintext: bytes, unit: int) -> bytes:
