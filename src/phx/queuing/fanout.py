@@ -42,8 +42,10 @@ __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_CONFIG_CACHE",
     "DEFAULT_PARALLEL",
+    "EnqueueResult",
     "FanOutDeliverer",
     "FederationUnavailable",
+    "PreparedFanOut",
     "RemoteForwarder",
 ]
 
@@ -76,13 +78,26 @@ class FederationUnavailable:
         raise Unavailable(f"cannot forward to {domain}: federation is not available on this server")
 
 
-@dataclass(slots=True)
-class _Job:
+@dataclass(frozen=True, slots=True)
+class PreparedFanOut:
     group_id: GroupId
     content: MessageContent
     classified: core.Classified
     payload: bytes
     now: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    #: Per fan-out, in order: the configs whose queue does not exist.
+    deleted: list[list[QueueDeleted]]
+    #: The last delivery into each queue that grew (for :meth:`FanOutDeliverer.after_commit`).
+    deliveries: list[core.Delivery]
+
+
+@dataclass(slots=True)
+class _Job:
+    prepared: PreparedFanOut
     future: asyncio.Future[list[QueueDeleted]]
 
 
@@ -150,13 +165,9 @@ class FanOutDeliverer:
 
     async def deliver(self, fan_out: FanOutMessage) -> list[QueueDeleted]:
         """Deliver one fan-out; returns the configs whose queue does not exist (``QueueDeleted``)."""
-        content = fan_out.message_content
-        group_id = content.group_id()
-        now = self.clock()
-        classified = core.classify_configs(fan_out.client_queue_configs, self.domain, self.unseal)
-        payload = FanOutQueuePayload(now, content).encode()
+        prepared = self.prepare(fan_out, self.clock())
         future: asyncio.Future[list[QueueDeleted]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(group_id, content, classified, payload, now, future))
+        self._pending.append(_Job(prepared, future))
         # A finished drainer leaves the set only in a later loop step (done callbacks are scheduled), so
         # count the live ones: a job must never wait behind a drainer that has already returned.
         live = [t for t in self._drainers if not t.done()]
@@ -193,43 +204,62 @@ class FanOutDeliverer:
             self._pending.clear()
             raise
 
-    async def _run(self, jobs: list[_Job]) -> None:
-        owners = {r.unsealed.queue_id: r.unsealed.qs_uid for j in jobs for r in j.classified.local}
-        plans: list[core.DeliveryPlan] = []
-        async with self.db.transaction() as conn:
-            targets, states = await self.store.lock_delivery_targets(conn, owners)
-            changed: dict[bytes, QueueState] = {}
-            items = []
-            for job in jobs:
-                plan = core.plan_deliveries(
-                    self.cs,
-                    job.classified.local,
-                    targets,
-                    states,
-                    job.group_id,
-                    job.payload,
-                    job.now,
-                    rotation_interval=self.config.ratchet_key_rotation_interval,
-                    random=self.random,
-                )
-                states.update(plan.states)
-                changed.update(plan.states)
-                items.extend(plan.items)
-                plans.append(plan)
-            await self.store.queues.save(conn, changed, items)
-            for job in jobs:
-                for domain, configs in job.classified.remote.items():
-                    await self.forwarder.forward(conn, domain, configs, job.content)
+    def prepare(self, fan_out: FanOutMessage, now: int) -> PreparedFanOut:
+        """The work a fan-out needs before any transaction: group id, unsealed configs, payload."""
+        content = fan_out.message_content
+        return PreparedFanOut(
+            content.group_id(),
+            content,
+            core.classify_configs(fan_out.client_queue_configs, self.domain, self.unseal),
+            FanOutQueuePayload(now, content).encode(),
+            now,
+        )
+
+    async def enqueue_in(self, conn: Connection, fan_outs: Sequence[PreparedFanOut]) -> EnqueueResult:
+        """Deliver prepared fan-outs, in order, inside the caller's transaction ``conn`` (remote configs go
+        to the forwarder in it too). Call :meth:`after_commit` with the result once ``conn`` committed."""
+        owners = {r.unsealed.queue_id: r.unsealed.qs_uid for f in fan_outs for r in f.classified.local}
+        targets, states = await self.store.lock_delivery_targets(conn, owners)
+        changed: dict[bytes, QueueState] = {}
+        items = []
+        deleted: list[list[QueueDeleted]] = []
         latest: dict[bytes, core.Delivery] = {}
-        for plan in plans:
+        for f in fan_outs:
+            plan = core.plan_deliveries(
+                self.cs,
+                f.classified.local,
+                targets,
+                states,
+                f.group_id,
+                f.payload,
+                f.now,
+                rotation_interval=self.config.ratchet_key_rotation_interval,
+                random=self.random,
+            )
+            states.update(plan.states)
+            changed.update(plan.states)
+            items.extend(plan.items)
+            deleted.append([QueueDeleted(c, f.group_id) for c in (*plan.deleted, *f.classified.unusable)])
             for d in plan.delivered:
                 latest[d.queue_id] = d
-        for job, plan in zip(jobs, plans, strict=True):
-            if not job.future.done():
-                deleted = (*plan.deleted, *job.classified.unusable)
-                job.future.set_result([QueueDeleted(c, job.group_id) for c in deleted])
-        for d in latest.values():
+        await self.store.queues.save(conn, changed, items)
+        for f in fan_outs:
+            for domain, configs in f.classified.remote.items():
+                await self.forwarder.forward(conn, domain, configs, f.content)
+        return EnqueueResult(deleted, list(latest.values()))
+
+    async def after_commit(self, deliveries: Sequence[core.Delivery]) -> None:
+        """Wake live listeners, or push to clients with none (never raises for a push failure)."""
+        for d in deliveries:
             await self._after_delivery(d)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        async with self.db.transaction() as conn:
+            result = await self.enqueue_in(conn, [j.prepared for j in jobs])
+        for job, deleted in zip(jobs, result.deleted, strict=True):
+            if not job.future.done():
+                job.future.set_result(deleted)
+        await self.after_commit(result.deliveries)
 
     async def _after_delivery(self, d: core.Delivery) -> None:
         qid = d.queue_id

@@ -213,6 +213,11 @@ class QsService:
         result = await handler(request, self.clock())
         return b"" if result is None else result.encode()
 
+    @property
+    def signing_key(self) -> bytes:
+        """The QS signing key's private half, for the federation layer to sign QS-to-QS frames."""
+        return self._signing_key
+
     def verifying_key_response(self) -> VerifyingKeyResponse:
         return VerifyingKeyResponse(self.verifying_key)
 
