@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,13 +26,18 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from phx.errors import BadRequest, PayloadTooLarge, PhxError
+from phx.server.http import read_body
 
 from .messages import Operation, QsQueueUpdate
 from .service import QsService
 
-__all__ = ["BODY_LIMITS", "DEFAULT_BODY_LIMIT", "qs_local_routes", "qs_routes", "read_body"]
+__all__ = ["BODY_LIMITS", "DEFAULT_BODY_LIMIT", "QsHttp", "qs_local_routes", "qs_routes"]
+
+log = logging.getLogger("phx.queuing")
 
 OCTETS = "application/octet-stream"
+#: How often the expiry task looks for inactive client records.
+EXPIRY_INTERVAL = 3600.0
 DEFAULT_BODY_LIMIT = 64 * 1024
 #: Operations whose requests may be larger than the default.
 BODY_LIMITS: dict[str, int] = {
@@ -40,24 +46,6 @@ BODY_LIMITS: dict[str, int] = {
 LOCAL_ENQUEUE_LIMIT = 16 * 1024 * 1024
 LISTEN_FIRST_FRAME_TIMEOUT = 10.0
 LISTEN_FRAME_LIMIT = 4096
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest("malformed Content-Length") from None
-        if size > limit:
-            raise PayloadTooLarge(f"body of {size} bytes exceeds {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body exceeds {limit} bytes")
-    return bytes(body)
 
 
 def _operation_endpoint(service: QsService, op: Operation) -> Callable[[Request], Awaitable[Response]]:
@@ -145,3 +133,44 @@ async def _drain(websocket: WebSocket) -> None:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+
+
+class QsHttp:
+    """The QS as a :class:`phx.server.app.Service`: its public routes (plus the local enqueue route when
+    ``local_enqueue`` is set) and the expiry task, which deletes inactive client records hourly."""
+
+    name = "qs"
+
+    def __init__(
+        self, service: QsService, *, local_enqueue: bool = False, expiry_interval: float = EXPIRY_INTERVAL
+    ) -> None:
+        self.service = service
+        self.local_enqueue = local_enqueue
+        self.expiry_interval = expiry_interval
+        self._task: asyncio.Task[None] | None = None
+
+    def routes(self) -> Sequence[BaseRoute]:
+        routes = qs_routes(self.service)
+        if self.local_enqueue:
+            routes += qs_local_routes(self.service)
+        return routes
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._expiry_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            try:
+                clients, users = await self.service.expire(self.service.clock())
+                if clients or users:
+                    log.info("expired %d QS client records and %d user records", clients, users)
+            except PhxError as e:
+                log.warning("QS expiry failed: %s", e)
+            await asyncio.sleep(self.expiry_interval)
