@@ -1,0 +1,88 @@
+"""phx.queues.store on both engines, through a throwaway migration built from queue_schema_sql."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from phx.crypto import SUITE_1
+from phx.queues import QueueItemType, QueueReader, enqueue, new_queue
+from phx.queues.store import QueueStore, queue_schema_sql
+from phx.storage import Database, Engine, migrate
+
+ROOT = Path(__file__).resolve().parents[2] / "src" / "phx" / "storage" / "migrations"
+cs = SUITE_1
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_qs_migration_carries_the_queue_ddl_verbatim(engine: Engine) -> None:
+    text = (ROOT / "qs" / engine / "0001_qs.sql").read_text()
+    assert queue_schema_sql(engine, "qs", references="qs_client_records (client_id)") in text
+
+
+def test_schema_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        queue_schema_sql("sqlite", "bad-prefix")
+    with pytest.raises(ValueError):
+        queue_schema_sql("sqlite", "ok", references="users; DROP TABLE x")
+    with pytest.raises(ValueError):
+        QueueStore("Bad")
+
+
+async def make(db: Database, tmp_path: Path) -> QueueStore:
+    directory = tmp_path / db.engine
+    directory.mkdir()
+    (directory / "0001_queues.sql").write_text(queue_schema_sql(db.engine, "qtest"))
+    await migrate(db, "qtest", source=directory)
+    return QueueStore("qtest")
+
+
+async def test_create_lock_save_dequeue_delete(db: Database, tmp_path: Path) -> None:
+    store = await make(db, tmp_path)
+    sk, pk = cs.generate_hpke_key_pair()
+    state, init = new_queue(cs, pk, 10)
+    async with db.transaction() as conn:
+        await store.create(conn, b"q1", state, init)
+        await store.create(conn, b"q2", *new_queue(cs, pk, 10, ratchet_key=bytes(32)))
+    async with db.transaction() as conn:
+        states = await store.lock(conn, [b"q1", b"q2", b"missing", b"q1"])
+        assert set(states) == {b"q1", b"q2"} and states[b"q1"] == state
+        new_state, items = enqueue(cs, states[b"q1"], [b"a", b"b", b"c"], 11)
+        await store.save(conn, {b"q1": new_state}, [(b"q1", i) for i in items])
+    async with db.transaction() as conn:
+        assert await store.get(conn, b"q1") == new_state
+        got, remaining = await store.dequeue(conn, b"q1", 0, 2)
+        assert [i.sequence_number for i in got] == [0, 1] and remaining == 2
+        assert got[0].item_type == QueueItemType.INITIAL_KEY
+        got2, remaining = await store.dequeue(conn, b"q1", 2, 10)
+        assert [i.sequence_number for i in got2] == [2, 3] and remaining == 0
+        got3, _ = await store.dequeue(conn, b"q1", 0, 10)
+        assert [i.sequence_number for i in got3] == [2, 3]  # 0 and 1 were deleted
+    reader = QueueReader(cs, [sk])
+    assert reader.read_all([*got, *got2]) == [b"a", b"b", b"c"]
+    async with db.transaction() as conn:
+        assert await store.delete(conn, [b"q1", b"nope"]) == 1
+        assert await store.get(conn, b"q1") is None
+        assert await conn.fetchval("SELECT COUNT(*) FROM qtest_queue_messages") == 0  # cascade
+        assert await store.lock(conn, []) == {} and await store.delete(conn, []) == 0
+
+
+async def test_concurrent_read_modify_write_is_serialized(db: Database, tmp_path: Path) -> None:
+    store = await make(db, tmp_path)
+    _, pk = cs.generate_hpke_key_pair()
+    async with db.transaction() as conn:
+        await store.create(conn, b"q", *new_queue(cs, pk, 0, ratchet_key=bytes(32)))
+
+    async def one(i: int) -> None:
+        async with db.transaction() as conn:
+            state = (await store.lock(conn, [b"q"]))[b"q"]
+            await asyncio.sleep(0)  # give the others a chance to interleave
+            new, items = enqueue(cs, state, [str(i).encode()], 1)
+            await store.save(conn, {b"q": new}, [(b"q", it) for it in items])
+
+    await asyncio.gather(*(one(i) for i in range(30)))
+    async with db.transaction() as conn:
+        items, _ = await store.dequeue(conn, b"q", 0, 100)
+    assert [i.sequence_number for i in items] == list(range(30))
