@@ -96,9 +96,10 @@ class Homeserver:
 async def make_homeserver(
     config: Config,
     db: Database,
-    transport: httpx.AsyncBaseTransport,
+    transport: httpx.AsyncBaseTransport | None,
     **fed_kwargs: Any,
 ) -> Homeserver:
+    """``transport`` None: real HTTPS from the config (TLS verified against ``federation.ca_file``)."""
     await migrate(db, "qs")
     await migrate(db, "federation")
     fed_kwargs.setdefault("rng", random.Random(1))
@@ -141,12 +142,21 @@ class Client:
         return list(self.seen)
 
     async def bodies(self) -> list[bytes]:
-        out = []
-        for p in await self.read():
-            body = p.content.body
-            assert isinstance(body, MLSMessage) and body.private_message is not None
-            out.append(body.private_message.ciphertext)
-        return out
+        return [body_of(p) for p in await self.read()]
+
+
+def body_of(payload: FanOutQueuePayload) -> bytes:
+    """The test's message text (carried as the PrivateMessage ciphertext)."""
+    body = payload.content.body
+    assert isinstance(body, MLSMessage) and body.private_message is not None
+    return body.private_message.ciphertext
+
+
+async def all_have(clients: Sequence[Client], count: int) -> bool:
+    for c in clients:
+        if len(await c.bodies()) < count:
+            return False
+    return True
 
 
 async def register(qs: QsService) -> Client:

@@ -118,6 +118,7 @@ class FederationService:
         self.receiver: Receiver | None = None
         self._listener: PgListener | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def bind(self, qs: QsService | LocalQueues) -> None:
         """Attach the local QS: frames are signed with its key and delivered into its queues."""
@@ -203,6 +204,11 @@ class FederationService:
         self._maintenance = asyncio.create_task(self._maintain(), name="phx-federation-maintenance")
 
     async def stop(self, *, release: bool = True) -> None:
+        """Stop the background work. ``release=False`` leaves this instance's leases to lapse, as a crash
+        would (tests). A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
