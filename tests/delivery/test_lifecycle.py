@@ -22,7 +22,7 @@ from phx.delivery.messages import (
     WelcomeInfoResponse,
     decrypt_ear_key,
 )
-from phx.errors import NotFound
+from phx.errors import AuthError, NotFound
 from phx.mls.group import Group
 from phx.mls.group_state import ApplicationMessage, CommitApplied, ProposalReceived
 from phx.mls.messages import MLSMessage
@@ -104,6 +104,31 @@ async def test_create_add_message_update(h: Harness) -> None:
         DsSenderId.key_package(carol.kp_ref()),
     )  # fmt: skip
     assert alice.g.epoch == bob.g.epoch == carol.g.epoch == 2
+    assert await past_states(h) == [1]
+    await h.update(carol, [alice, bob])  # the last joiner of epoch 1 updated: its past state goes
+    assert await past_states(h) == []
+    with pytest.raises(AuthError):
+        await h.call(
+            Operation.WELCOME_INFO, WelcomeInfoParams(h.group_id, h.ear_key, 1), carol.sig_priv,
+            DsSenderId.key_package(carol.kp_ref()),
+        )  # fmt: skip
+
+
+async def past_states(h: Harness) -> list[int]:
+    async with h.db.transaction(readonly=True) as conn:
+        return [int(r[0]) for r in await conn.fetch("SELECT epoch FROM ds_past_states ORDER BY epoch")]
+
+
+async def test_past_states_expire_with_the_key_packages(h: Harness) -> None:
+    alice, bob, carol = Client.new("alice"), Client.new("bob"), Client.new("carol")
+    await h.create(alice)
+    await h.add(alice, [bob])
+    await h.add(alice, [carol])
+    assert await past_states(h) == [1, 2]
+    ends = [c.bundle.key_package.leaf_node.lifetime for c in (bob, carol) if c.bundle is not None]
+    h.clock.now = max(lt.not_after for lt in ends if lt is not None) + 1
+    await h.as_member(Operation.SEND_MESSAGE, SendMessageParams(alice.g.send(b"x"), h.ear_key), alice)
+    assert await past_states(h) == []
 
 
 async def test_queue_info_remove_and_delete(h: Harness) -> None:

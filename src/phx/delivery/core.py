@@ -159,10 +159,9 @@ def _sender_key(state: GroupState, sid: DsSenderId, now: int) -> bytes:
         if m is None:
             raise AuthError(f"leaf {sid.leaf_index} is not a member of the group")
         return m.signature_key
-    for past in state.cold.past:
-        for j in past.joiners:
-            if hmac.compare_digest(j.key_package_ref, sid.key_package_ref or b"") and j.expires_at >= now:
-                return j.signature_key
+    for j in state.roster.joiners:
+        if hmac.compare_digest(j.key_package_ref, sid.key_package_ref or b"") and j.expires_at >= now:
+            return j.signature_key
     raise AuthError("no pending join for this KeyPackageRef")
 
 
@@ -238,16 +237,15 @@ def removal_due(member: Member, config: DsConfig) -> int:
 
 def needs_maintenance(state: GroupState, ctx: DsContext, now: int, deleted_queues: int) -> bool:
     """Whether :func:`maintenance` has anything to do (cheap: the roster only)."""
-    if deleted_queues:
+    if deleted_queues > 0 or now >= state.next_activity_due(ctx.config.max_client_inactivity):
         return True
-    done = state.roster.proposed_removals
-    return any(now >= removal_due(m, ctx.config) for m in state.members() if m.leaf not in done)
+    return any(j.expires_at < now for j in state.roster.joiners)
 
 
 def maintenance(state: GroupState, ctx: DsContext, now: int, deleted_queues: Sequence[bytes]) -> Outputs:
     """Everything due whenever the state is decrypted: removal proposals for members whose queue was
     reported deleted (``deleted_queues``: the sealed configs stored with the group) and for members past
-    the maximal commit inactivity, and dropping past states nobody can fetch any more.
+    the maximal commit inactivity, and forgetting joiners whose KeyPackage expired.
 
     Each removal is an external proposal signed by the DS, stored in the proposal store (the next commit
     must include it) and sent to every member."""
@@ -270,8 +268,7 @@ def maintenance(state: GroupState, ctx: DsContext, now: int, deleted_queues: Seq
     for removal in out.removals:
         for p in removal.proposals:
             out.fan_outs.extend(commit_fan_out(state, p, None))
-    if state.cold_loaded:
-        prune_past_states(state, now)
+    prune_joiners(state, now)
     return out
 
 
@@ -323,32 +320,22 @@ def _propose_removals(state: GroupState, ctx: DsContext, leaves: Sequence[int], 
     return messages
 
 
-def prune_past_states(state: GroupState, now: int) -> None:
-    """Drop joiners whose KeyPackage expired and past states nobody is expected to fetch."""
-    cold = state.cold
-    changed = False
-    kept = []
-    for past in cold.past:
-        joiners = [j for j in past.joiners if j.expires_at >= now]
-        if len(joiners) != len(past.joiners):
-            changed = True
-            past.joiners = joiners
-        if joiners:
-            kept.append(past)
-        else:
-            changed = True
-    if changed:
-        cold.past = kept
-        state.touch_cold()
+def prune_joiners(state: GroupState, now: int) -> None:
+    """Forget joiners whose KeyPackage expired (their past states go when nobody else waits for them)."""
+    roster = state.roster
+    kept = [j for j in roster.joiners if j.expires_at >= now]
+    if len(kept) != len(roster.joiners):
+        roster.joiners = kept
+        state.joiners_changed = True
+        state.touch_roster()
 
 
 def forget_joiner(state: GroupState, key_package_ref: bytes) -> None:
     """The client that joined with ``key_package_ref`` updated or left: it no longer needs a past state."""
-    cold = state.cold
-    for past in cold.past:
-        past.joiners = [j for j in past.joiners if j.key_package_ref != key_package_ref]
-    cold.past = [p for p in cold.past if p.joiners]
-    state.touch_cold()
+    roster = state.roster
+    roster.joiners = [j for j in roster.joiners if j.key_package_ref != key_package_ref]
+    state.joiners_changed = True
+    state.touch_roster()
 
 
 def activity(now: int) -> int:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from phx.codec import Struct
-from phx.errors import AuthError, DecodeError, MlsError, ValidationError, WrongEpoch
+from phx.errors import AuthError, DecodeError, MlsError, NotFound, ValidationError, WrongEpoch
 from phx.identifiers import GroupId
 from phx.mls.key_package import key_package_ref
 from phx.mls.messages import (
@@ -137,13 +137,18 @@ def update_queue_info(state: GroupState, leaf: int, params: UpdateQueueInfoParam
     return Outputs()
 
 
-def welcome_info(state: GroupState, sid: DsSenderId, params: WelcomeInfoParams) -> Outputs:
-    if sid.key_package_ref is None:
-        raise AuthError("welcome information needs a KeyPackageRef sender")
-    for past in state.cold.past:
-        if past.epoch == params.epoch and any(j.key_package_ref == sid.key_package_ref for j in past.joiners):
-            return Outputs(response=WelcomeInfoResponse(past.tree, past.credentials))
-    raise AuthError(f"this KeyPackage was not added in epoch {params.epoch}")
+def welcome_info(
+    state: GroupState, sid: DsSenderId, params: WelcomeInfoParams, past: PastState | None
+) -> Outputs:
+    """The past group state of the epoch the authenticated KeyPackage was added into (``past``: the
+    stored state of ``params.epoch``, loaded by the caller)."""
+    if not any(
+        j.key_package_ref == sid.key_package_ref and j.epoch == params.epoch for j in state.roster.joiners
+    ):
+        raise AuthError(f"this KeyPackage was not added in epoch {params.epoch}")
+    if past is None or past.epoch != params.epoch:
+        raise NotFound(f"no group state of epoch {params.epoch}")
+    return Outputs(response=WelcomeInfoResponse(past.tree, past.credentials))
 
 
 def external_commit_info(state: GroupState) -> Outputs:
@@ -320,8 +325,9 @@ def add_users(state: GroupState, ctx: DsContext, leaf: int, params: AddUsersPara
         )
         cold.credentials[a.leaf_index] = cred
         assert kp.leaf_node.lifetime is not None
-        joiners.append(Joiner(ref, kp.leaf_node.signature_key, kp.leaf_node.lifetime.not_after))
-    cold.past.append(PastState(roster.epoch, cold.public.encoded_tree(), cold.credential_chains(), joiners))
+        joiners.append(Joiner(ref, kp.leaf_node.signature_key, kp.leaf_node.lifetime.not_after, roster.epoch))
+    roster.joiners.extend(joiners)
+    state.new_past.append(PastState(roster.epoch, cold.public.encoded_tree(), cold.credential_chains()))
     state.touch_roster()
     for a, qc, info in zip(out.added, configs, params.welcome_attribution_info, strict=True):
         bundle = WelcomeBundle(
@@ -399,6 +405,7 @@ def update_client(
     if ref is not None:
         member.key_package_ref = None
         forget_joiner(state, ref)
+    state.touch_roster()
     return Outputs(fan_outs=fan_outs)
 
 
@@ -428,6 +435,7 @@ def join_connection_group(
     )  # fmt: skip
     roster.next_user += 1
     state.cold.credentials[new] = aad.encrypted_credential_information
+    state.touch_roster()
     return Outputs(fan_outs=fan_outs)
 
 
@@ -465,6 +473,7 @@ def resync_client(
         new, old.user, out.tree.require_leaf(new).signature_key, old.queue_config, activity(now), roster.epoch
     )
     state.cold.credentials[new] = credential
+    state.touch_roster()
     return Outputs(fan_outs=fan_outs)
 
 

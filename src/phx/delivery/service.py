@@ -73,9 +73,11 @@ from .messages import (
 )
 from .state import (
     COLD,
+    PAST,
     ROSTER,
     GroupState,
     PaddingTarget,
+    PastState,
     WrongEarKey,
     decrypt_section,
     encrypt_section,
@@ -95,7 +97,7 @@ OUTBOX = b"outbox"
 _KEY_SIGNING = "signing_key"
 _KEY_PADDING = "padding_target"
 #: Requests that need the roster only (no ratchet tree, unless DS-induced removals are due).
-ROSTER_ONLY = frozenset({Operation.SEND_MESSAGE, Operation.UPDATE_QUEUE_INFO})
+ROSTER_ONLY = frozenset({Operation.SEND_MESSAGE, Operation.UPDATE_QUEUE_INFO, Operation.WELCOME_INFO})
 #: Endpoints only local clients may use (book: federation/use_cases.md).
 LOCAL_ONLY = frozenset({Operation.REQUEST_GROUP_ID, Operation.CREATE_GROUP})
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -108,7 +110,8 @@ class TokenRedeemer(Protocol):
         ...
 
 
-Rule = Callable[[GroupState, DsSenderId | None, Any, int], Outputs]
+#: (state, authenticated sender, params, now, prefetched data) -> outputs
+Rule = Callable[[GroupState, DsSenderId | None, Any, int, Any], Outputs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,47 +232,47 @@ class DsService:
         self._ops: dict[Operation, _Op] = {
             Operation.UPDATE_QUEUE_INFO: _Op(
                 UpdateQueueInfoParams, lambda p: p.group_id, "leaf",
-                lambda s, sid, p, now: operations.update_queue_info(s, _leaf(sid), p),
+                lambda s, sid, p, now, _: operations.update_queue_info(s, _leaf(sid), p),
             ),
             Operation.WELCOME_INFO: _Op(
                 WelcomeInfoParams, lambda p: p.group_id, "key_package",
-                lambda s, sid, p, now: operations.welcome_info(s, _sid(sid), p),
+                lambda s, sid, p, now, past: operations.welcome_info(s, _sid(sid), p, past),
             ),
             Operation.EXTERNAL_COMMIT_INFO: _Op(
                 ExternalCommitInfoParams, lambda p: p.group_id, "leaf",
-                lambda s, sid, p, now: operations.external_commit_info(s),
+                lambda s, sid, p, now, _: operations.external_commit_info(s),
             ),
             Operation.ADD_USERS: _Op(
                 AddUsersParams, lambda p: operations.group_id_of_message(p.commit), "leaf",
-                lambda s, sid, p, now: operations.add_users(s, self.ctx, _leaf(sid), p, now),
+                lambda s, sid, p, now, _: operations.add_users(s, self.ctx, _leaf(sid), p, now),
             ),
             Operation.REMOVE_USERS: _Op(
                 RemoveUsersParams, lambda p: operations.group_id_of_message(p.commit), "leaf",
-                lambda s, sid, p, now: operations.remove_users(s, self.ctx, _leaf(sid), p, now),
+                lambda s, sid, p, now, _: operations.remove_users(s, self.ctx, _leaf(sid), p, now),
             ),
             Operation.UPDATE_CLIENT: _Op(
                 UpdateClientParams, lambda p: operations.group_id_of_message(p.commit), "leaf",
-                lambda s, sid, p, now: operations.update_client(s, self.ctx, _leaf(sid), p, now),
+                lambda s, sid, p, now, _: operations.update_client(s, self.ctx, _leaf(sid), p, now),
             ),
             Operation.JOIN_CONNECTION_GROUP: _Op(
                 JoinConnectionGroupParams, lambda p: operations.group_id_of_message(p.external_commit), None,
-                lambda s, sid, p, now: operations.join_connection_group(s, self.ctx, p, now),
+                lambda s, sid, p, now, _: operations.join_connection_group(s, self.ctx, p, now),
             ),
             Operation.RESYNC_CLIENT: _Op(
                 ResyncClientParams, lambda p: operations.group_id_of_message(p.external_commit), "leaf",
-                lambda s, sid, p, now: operations.resync_client(s, self.ctx, _leaf(sid), p, now),
+                lambda s, sid, p, now, _: operations.resync_client(s, self.ctx, _leaf(sid), p, now),
             ),
             Operation.SELF_REMOVE_USER: _Op(
                 SelfRemoveUserParams, lambda p: operations.group_id_of_message(p.remove_proposal), "leaf",
-                lambda s, sid, p, now: operations.self_remove_user(s, self.ctx, _leaf(sid), p, now),
+                lambda s, sid, p, now, _: operations.self_remove_user(s, self.ctx, _leaf(sid), p, now),
             ),
             Operation.SEND_MESSAGE: _Op(
                 SendMessageParams, lambda p: operations.group_id_of_message(p.application_message), "leaf",
-                lambda s, sid, p, now: operations.send_message(s, _leaf(sid), p),
+                lambda s, sid, p, now, _: operations.send_message(s, _leaf(sid), p),
             ),
             Operation.DELETE_GROUP: _Op(
                 DeleteGroupParams, lambda p: operations.group_id_of_message(p.commit), "leaf",
-                lambda s, sid, p, now: operations.delete_group(s, self.ctx, _leaf(sid), p, now),
+                lambda s, sid, p, now, _: operations.delete_group(s, self.ctx, _leaf(sid), p, now),
             ),
         }  # fmt: skip
 
@@ -417,7 +420,8 @@ class DsService:
                         sid = None
                         if spec.auth is not None:
                             sid = core.authenticate(state, request, op, self.ctx, now, kind=spec.auth)
-                        out = spec.rule(state, sid, params, now)
+                        extra = await self._prefetch(op, conn, state, params)
+                        out = spec.rule(state, sid, params, now, extra)
                     except PhxError as e:
                         failure, out = e, Outputs()
                     queued: list[tuple[int | None, FanOutMessage]] = list(pending)
@@ -491,15 +495,36 @@ class DsService:
         deleted = await self.store.take_deleted_queues(conn, state.group_id.encode())
         return core.maintenance(state, self.ctx, now, deleted)
 
+    async def _prefetch(self, op: Operation, conn: Connection, state: GroupState, params: Any) -> Any:
+        """What a rule needs from storage besides the state: the past state a Welcome info asks for."""
+        if op != Operation.WELCOME_INFO:
+            return None
+        blob = await self.store.past_state(conn, state.group_id.encode(), params.epoch)
+        if blob is None:
+            return None
+        assert state.ear_key is not None
+        return PastState.decode(decrypt_section(state.ear_key, state.group_id, PAST, blob, cs=self.cs))
+
     def _seal_outbox(self, state: GroupState, message: FanOutMessage) -> bytes:
         assert state.ear_key is not None
         unit = self._units()[0]
         return encrypt_section(state.ear_key, state.group_id, OUTBOX, message.encode(), unit, cs=self.cs)
 
     async def _save(self, conn: Connection, state: GroupState, now: int) -> None:
+        key = state.group_id.encode()
         roster, cold = state.seal(*self._units())
         version = state.version + 1
-        await self.store.save(conn, state.group_id.encode(), version, roster, cold, month_start(now))
+        await self.store.save(conn, key, version, roster, cold, month_start(now))
+        if state.new_past:
+            assert state.ear_key is not None
+            unit = padding_unit(self.padding.target(), PAST)
+            blobs = [
+                (p.epoch, encrypt_section(state.ear_key, state.group_id, PAST, p.encode(), unit, cs=self.cs))
+                for p in state.new_past
+            ]
+            await self.store.add_past_states(conn, key, blobs)
+        if state.joiners_changed:
+            await self.store.keep_past_states(conn, key, sorted(state.roster.past_epochs()))
         state.saved(version)
 
     async def _deliver(

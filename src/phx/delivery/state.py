@@ -3,15 +3,18 @@ delivery_service/group_state_encryption.md).
 
 The decrypted state is split in two sections, each encrypted on its own under the group's EAR key:
 
-* the **roster** (hot): epoch, the DS's index in external_senders, the queue-id decryption key, and per
+* the **roster** (hot): epoch, the DS's index in external_senders, the queue-id decryption key, per
   member the leaf, user, signature key, ClientQueueConfig, activity time/epoch and (until the member's
-  first update) its KeyPackageRef. This is all an application message needs: check the DsAuthToken
-  against the sender's key, check the epoch, fan out to the stored configs. It is small and decodes
-  without touching the ratchet tree.
+  first update) its KeyPackageRef, and the joiners still expected to fetch a past group state. This is
+  all an application message needs: check the DsAuthToken against the sender's key, check the epoch,
+  fan out to the stored configs. It is small and decodes without touching the ratchet tree.
 * the **cold** section: the :class:`~phx.mls.public_group.PublicGroup` (tree, GroupContext, transcript,
-  GroupInfo, proposal store), the members' encrypted credentials and the past group states for Welcome
-  information. Commits, proposals and information requests decrypt it; it is decrypted lazily, on first
-  access, from the ciphertext the request loaded.
+  GroupInfo, proposal store) and the members' encrypted credentials. Commits, proposals and the external
+  commit information decrypt it; it is decrypted lazily, on first access.
+
+Past group states (the tree and credentials of an epoch clients were added into, for Welcome
+information) are stored apart, one ciphertext per epoch (:class:`PastState`), so commits do not re-encrypt
+them and a Welcome-information request decrypts just the one it asks for.
 
 The roster carries a hash of the cold ciphertext it belongs to, so the two sections can only be combined
 as they were written. Each ciphertext is ``version || salt || AES-256-GCM(k, 0, pad(plaintext))`` with
@@ -47,6 +50,7 @@ from .messages import EAR_KEY_LENGTH, MemberCredential
 
 __all__ = [
     "COLD",
+    "PAST",
     "ROSTER",
     "ColdState",
     "GroupState",
@@ -66,6 +70,7 @@ __all__ = [
 
 ROSTER = b"roster"
 COLD = b"cold"
+PAST = b"past"
 _VERSION = 1
 _SALT = 32
 _NONCE = bytes(12)
@@ -73,11 +78,12 @@ _TAG = 16
 _INFO = PHX_PREFIX + b"ds state"
 _ROSTER_VERSION = 1
 _COLD_VERSION = 1
+_PAST_VERSION = 1
 
 #: Padding estimate per member and section (bytes) for cipher suite 1: a roster entry is ~200 bytes; the
 #: cold section holds a leaf with its credential (~500), its parent node share (~100), the encrypted
 #: credential information (~600) and copies in past states.
-PER_MEMBER_BYTES = {ROSTER: 256, COLD: 2048}
+PER_MEMBER_BYTES = {ROSTER: 256, COLD: 2048, PAST: 1024}
 
 
 class WrongEarKey(AuthError):
@@ -255,6 +261,27 @@ class Member:
 
 
 @dataclass(slots=True)
+class Joiner:
+    """A client expected to fetch the past group state of ``epoch``: its KeyPackageRef, the key its
+    DsAuthToken is checked with, and when its KeyPackage expires (then nobody waits for it any more)."""
+
+    key_package_ref: bytes
+    signature_key: bytes
+    expires_at: int
+    epoch: int
+
+    def _write(self, w: Writer) -> None:
+        w.opaque(self.key_package_ref)
+        w.opaque(self.signature_key)
+        w.u64(self.expires_at)
+        w.u64(self.epoch)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Joiner:
+        return cls(r.opaque(), r.opaque(), r.u64(), r.u64())
+
+
+@dataclass(slots=True)
 class Roster:
     suite_id: int
     epoch: int
@@ -264,6 +291,11 @@ class Roster:
     members: dict[int, Member]
     proposed_removals: set[int] = field(default_factory=set)
     cold_digest: bytes = b""
+    joiners: list[Joiner] = field(default_factory=list)
+
+    def past_epochs(self) -> set[int]:
+        """Epochs whose past state somebody may still fetch."""
+        return {j.epoch for j in self.joiners}
 
     def users(self) -> dict[int, list[int]]:
         """User profiles: user id -> the leaves of its clients."""
@@ -283,6 +315,7 @@ class Roster:
         w.vector(sorted(self.members.values(), key=lambda m: m.leaf), lambda w2, m: m._write(w2))
         w.vector(sorted(self.proposed_removals), Writer.u32)
         w.opaque(self.cold_digest)
+        w.vector(self.joiners, lambda w2, j: j._write(w2))
         return w.getvalue()
 
     @classmethod
@@ -294,7 +327,9 @@ class Roster:
             qid, next_user = r.opaque(), r.u32()
             members = {m.leaf: m for m in r.vector(Member._read)}
             removals = set(r.vector(Reader.u32))
-            return cls(suite_id, epoch, ds_index, qid, next_user, members, removals, r.opaque())
+            digest = r.opaque()
+            joiners = list(r.vector(Joiner._read))
+            return cls(suite_id, epoch, ds_index, qid, next_user, members, removals, digest, joiners)
 
         return decode_all(read, data)
 
@@ -302,49 +337,36 @@ class Roster:
 # --- the cold section --------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Joiner:
-    """A client expected to fetch a past group state: its KeyPackageRef and the key its token uses."""
-
-    key_package_ref: bytes
-    signature_key: bytes
-    expires_at: int
-
-    def _write(self, w: Writer) -> None:
-        w.opaque(self.key_package_ref)
-        w.opaque(self.signature_key)
-        w.u64(self.expires_at)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Joiner:
-        return cls(r.opaque(), r.opaque(), r.u64())
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PastState:
     """A copy of the public tree (and credentials) of the epoch some clients were added into."""
 
     epoch: int
     tree: bytes
     credentials: tuple[MemberCredential, ...]
-    joiners: list[Joiner]
 
-    def _write(self, w: Writer) -> None:
+    def encode(self) -> bytes:
+        w = Writer()
+        w.u8(_PAST_VERSION)
         w.u64(self.epoch)
         w.opaque(self.tree)
         w.vector(self.credentials, Writer.struct)
-        w.vector(self.joiners, lambda w2, j: j._write(w2))
+        return w.getvalue()
 
     @classmethod
-    def _read(cls, r: Reader) -> PastState:
-        return cls(r.u64(), r.opaque(), r.vector(MemberCredential.read), list(r.vector(Joiner._read)))
+    def decode(cls, data: bytes) -> PastState:
+        def read(r: Reader) -> PastState:
+            if r.u8() != _PAST_VERSION:
+                raise DecodeError("unknown past state version")
+            return cls(r.u64(), r.opaque(), r.vector(MemberCredential.read))
+
+        return decode_all(read, data)
 
 
 @dataclass(slots=True)
 class ColdState:
     public: PublicGroup
     credentials: dict[int, bytes]  # leaf -> encrypted credential information
-    past: list[PastState] = field(default_factory=list)
 
     def credential_chains(self) -> tuple[MemberCredential, ...]:
         return tuple(MemberCredential(leaf, c) for leaf, c in sorted(self.credentials.items()))
@@ -354,7 +376,6 @@ class ColdState:
         w.u8(_COLD_VERSION)
         w.opaque(self.public.to_bytes())
         w.vector(self.credential_chains(), Writer.struct)
-        w.vector(self.past, lambda w2, p: p._write(w2))
         return w.getvalue()
 
     @classmethod
@@ -366,7 +387,7 @@ class ColdState:
             creds = {
                 c.leaf_index: c.encrypted_credential_information for c in r.vector(MemberCredential.read)
             }
-            return cls(public, creds, list(r.vector(PastState._read)))
+            return cls(public, creds)
 
         return decode_all(read, data)
 
@@ -391,6 +412,9 @@ class GroupState:
         "roster_dirty",
         "cold_dirty",
         "_fanout",
+        "_next_due",
+        "new_past",
+        "joiners_changed",
     )
 
     def __init__(
@@ -412,6 +436,9 @@ class GroupState:
         self.roster_dirty = False
         self.cold_dirty = False
         self._fanout: tuple[tuple[int, ...], tuple[ClientQueueConfig, ...]] | None = None
+        self._next_due: int | None = None
+        self.new_past: list[PastState] = []  # to store with this request
+        self.joiners_changed = False  # past states of epochs nobody waits for can go
 
     # --- loading ------------------------------------------------------------------------------------
     @classmethod
@@ -477,7 +504,7 @@ class GroupState:
         n = len(self.roster.members)
         w = 1024 + 300 * n
         if self._cold is not None:
-            w += 4096 * n + 8 * sum(len(p.tree) for p in self._cold.past)
+            w += 4096 * n
         elif self._cold_blob is not None:
             w += len(self._cold_blob)
         return w
@@ -490,13 +517,23 @@ class GroupState:
         return configs[:i] + configs[i + 1 :]
 
     # --- changing -----------------------------------------------------------------------------------
+    def next_activity_due(self, max_inactivity: int) -> int | float:
+        """The earliest time a member not yet proposed for removal passes ``max_inactivity`` (after the
+        end of the month of its last activity); kept until the roster changes."""
+        if self._next_due is None:
+            done = self.roster.proposed_removals
+            months = {m.activity_time for m in self.roster.members.values() if m.leaf not in done}
+            self._next_due = min((next_month(t) for t in months), default=-1)
+        return float("inf") if self._next_due < 0 else self._next_due + max_inactivity
+
     def touch_roster(self) -> None:
         self.roster_dirty = True
         self._fanout = None
+        self._next_due = None
 
     def touch_cold(self) -> None:
         self.cold_dirty = True
-        self.roster_dirty = True  # the roster carries the cold digest
+        self.touch_roster()  # the roster carries the cold digest
 
     @property
     def dirty(self) -> bool:
@@ -517,7 +554,8 @@ class GroupState:
 
     def saved(self, version: int) -> None:
         self.version = version
-        self.roster_dirty = self.cold_dirty = False
+        self.roster_dirty = self.cold_dirty = self.joiners_changed = False
+        self.new_past = []
 
 
 def _digest(blob: bytes) -> bytes:

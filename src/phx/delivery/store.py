@@ -143,8 +143,32 @@ class DsStore:
             )
 
     async def delete_group(self, conn: Connection, group_id: bytes) -> None:
-        for table in ("ds_outbox", "ds_deleted_queues", "ds_groups"):
+        for table in ("ds_outbox", "ds_deleted_queues", "ds_past_states", "ds_groups"):
             await conn.execute(f"DELETE FROM {table} WHERE group_id = $1", group_id)
+
+    # --- past group states (Welcome information) -------------------------------------------------------
+
+    async def past_state(self, conn: Connection, group_id: bytes, epoch: int) -> bytes | None:
+        value = await conn.fetchval(
+            "SELECT state FROM ds_past_states WHERE group_id = $1 AND epoch = $2", group_id, epoch
+        )
+        return None if value is None else bytes(value)
+
+    async def add_past_states(
+        self, conn: Connection, group_id: bytes, states: Sequence[tuple[int, bytes]]
+    ) -> None:
+        await conn.executemany(
+            "INSERT INTO ds_past_states (group_id, epoch, state) VALUES ($1, $2, $3)",
+            [(group_id, epoch, blob) for epoch, blob in states],
+        )
+
+    async def keep_past_states(self, conn: Connection, group_id: bytes, epochs: Sequence[int]) -> None:
+        """Delete the group's past states but those of ``epochs``."""
+        rows = await conn.fetch("SELECT epoch FROM ds_past_states WHERE group_id = $1", group_id)
+        keep = set(epochs)
+        gone = [(group_id, int(r[0])) for r in rows if int(r[0]) not in keep]
+        if gone:
+            await conn.executemany("DELETE FROM ds_past_states WHERE group_id = $1 AND epoch = $2", gone)
 
     # --- deleted queues ------------------------------------------------------------------------------
 
@@ -201,7 +225,7 @@ class DsStore:
     async def expire(self, conn: Connection, unused_before: int, now: int) -> tuple[int, int]:
         """Delete groups whose last use is before ``unused_before`` (with their side rows) and lapsed
         reservations; returns (groups, reservations) deleted."""
-        for table in ("ds_outbox", "ds_deleted_queues"):
+        for table in ("ds_outbox", "ds_deleted_queues", "ds_past_states"):
             await conn.execute(
                 f"DELETE FROM {table} WHERE group_id IN "
                 "(SELECT group_id FROM ds_groups WHERE roster IS NOT NULL AND last_used < $1)",

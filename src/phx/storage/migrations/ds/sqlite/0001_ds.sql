@@ -20,6 +20,14 @@ CREATE TABLE ds_groups (
 CREATE INDEX ds_groups_by_last_used ON ds_groups (last_used);
 CREATE INDEX ds_groups_by_reservation ON ds_groups (reserved_until) WHERE reserved_until IS NOT NULL;
 
+-- Past group states for Welcome information, one EAR-encrypted ciphertext per epoch.
+CREATE TABLE ds_past_states (
+    group_id BLOB    NOT NULL,
+    epoch    INTEGER NOT NULL,
+    state    BLOB    NOT NULL,
+    PRIMARY KEY (group_id, epoch)
+) STRICT;
+
 -- Sealed configs of queues the QS reported deleted (GroupStateDbEntry.deleted_queues).
 CREATE TABLE ds_deleted_queues (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
