@@ -42,9 +42,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from phx.codec import Reader, Writer, decode_all
 from phx.crypto import PHX_PREFIX, SUITE_1, CipherSuite
 from phx.errors import AuthError, DecodeError
-from phx.identifiers import GroupId
+from phx.identifiers import Fqdn, GroupId
 from phx.mls.public_group import PublicGroup
-from phx.queuing.messages import ClientQueueConfig
+from phx.queuing.messages import ClientQueueConfig, SealedQueueConfig
 
 from .messages import EAR_KEY_LENGTH, MemberCredential
 
@@ -493,10 +493,7 @@ class GroupState:
         """(leaves, their decoded queue configs), left to right; kept until the members change."""
         if self._fanout is None:
             ms = sorted(self.roster.members.values(), key=lambda m: m.leaf)
-            self._fanout = (
-                tuple(m.leaf for m in ms),
-                tuple(ClientQueueConfig.decode(m.queue_config) for m in ms),
-            )
+            self._fanout = (tuple(m.leaf for m in ms), tuple(_queue_config(m.queue_config) for m in ms))
         return self._fanout
 
     def weight(self) -> int:
@@ -556,6 +553,29 @@ class GroupState:
         self.version = version
         self.roster_dirty = self.cold_dirty = self.joiners_changed = False
         self.new_past = []
+
+
+_DOMAINS: dict[bytes, Fqdn] = {}
+
+
+def _queue_config(data: bytes) -> ClientQueueConfig:
+    """Decode a ClientQueueConfig the DS stored itself (validated when it arrived): the domain objects are
+    shared, since a group's configs name few homeservers and validating a domain is most of the cost."""
+    r = Reader(data)
+    raw, kem_output, ciphertext = r.opaque(), r.opaque(), r.opaque()
+    r.finish()
+    domain = _DOMAINS.get(raw)
+    if domain is None:
+        domain = Fqdn.decode(_opaque(raw))
+        if len(_DOMAINS) < 10_000:
+            _DOMAINS[raw] = domain
+    return ClientQueueConfig(domain, SealedQueueConfig(kem_output, ciphertext))
+
+
+def _opaque(raw: bytes) -> bytes:
+    w = Writer()
+    w.opaque(raw)
+    return w.getvalue()
 
 
 def _digest(blob: bytes) -> bytes:
