@@ -442,3 +442,26 @@ async def test_garbage_is_a_bad_request(h: Harness) -> None:
         await h.service.handle("no_such_operation", valid)
     with pytest.raises(BadRequest):
         await h.service.handle(Operation.UPDATE_CLIENT.value, valid)
+
+
+async def test_a_new_member_does_not_inherit_a_removed_admins_role(h: Harness) -> None:
+    alice, bob, dave = Client.new("alice"), Client.new("bob"), Client.new("dave")
+    await h.create(alice)
+    ds_ext = alice.g.extensions[0]
+    admins = [ds_ext, make_roles_extension((0, 1))]  # bob joins as an admin
+    params = h.add_params(alice, [[bob]], group_context_extensions=admins)
+    await h.as_member(Operation.ADD_USERS, params, alice)
+    alice.g.merge_pending_commit()
+    res = alice.g.commit(now=h.now, remove=[1])  # the roles keep naming leaf 1
+    await h.as_member(
+        Operation.REMOVE_USERS, RemoveUsersParams(res.commit, h.ear_key, pending_gi_update(alice.g)), alice
+    )
+    alice.g.merge_pending_commit()
+    params = h.add_params(alice, [[dave]])  # dave would land on leaf 1
+    with pytest.raises(ValidationError, match="roles"):
+        await h.as_member(Operation.ADD_USERS, params, alice)
+    alice.g.clear_pending_commit()
+    params = h.add_params(alice, [[dave]], group_context_extensions=[ds_ext, make_roles_extension((0,))])
+    await h.as_member(Operation.ADD_USERS, params, alice)
+    alice.g.merge_pending_commit()
+    assert alice.g.member(1) is not None

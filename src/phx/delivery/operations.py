@@ -43,6 +43,7 @@ from .core import (
     fan_out,
     forget_joiner,
     require_admin,
+    roles_of,
 )
 from .messages import (
     ROLES_EXTENSION_TYPE,
@@ -227,6 +228,21 @@ def _roles_change(state: GroupState, out: CommitOutcome, leaf: int) -> None:
         require_admin(public, leaf, "change the group's roles")
 
 
+def _no_inherited_admin(
+    state: GroupState, out: CommitOutcome, leaves: Sequence[int], keep: int | None = None
+) -> None:
+    """A leaf filled by this commit must not inherit the admin role a former occupant left in the roles
+    (removals do not always update them); only an explicit roles change in the same commit may name it.
+    ``keep``: a resyncing admin that lands on its own old leaf."""
+    old = find_extension(state.cold.public.extensions, ROLES_EXTENSION_TYPE)
+    new = find_extension(out.new_context.extensions, ROLES_EXTENSION_TYPE)
+    roles = roles_of(out.new_context.extensions)
+    if old != new or roles is None:
+        return
+    if any(leaf in roles.admins and leaf != keep for leaf in leaves):
+        raise ValidationError("the roles name a leaf this commit fills as admin: update the roles with it")
+
+
 def _group_info(out: CommitOutcome, update: GroupInfoUpdate) -> GroupInfo:
     return out.group_info(update.signature, update.extensions)
 
@@ -279,6 +295,7 @@ def add_users(state: GroupState, ctx: DsContext, leaf: int, params: AddUsersPara
     if not out.added or types.count(ProposalType.GROUP_CONTEXT_EXTENSIONS) > 1:
         raise ValidationError("an add-users commit adds at least one client (and changes roles at most once)")
     _roles_change(state, out, leaf)
+    _no_inherited_admin(state, out, [a.leaf_index for a in out.added])
     aad = _aad(AddUsersParamsAad, out)
     assert isinstance(aad, AddUsersParamsAad)
     per_user = [u.clients for u in aad.encrypted_credential_information]
@@ -420,6 +437,8 @@ def join_connection_group(
         raise ValidationError("only groups of a single user can be joined as connection groups")
     _no_pending_proposals(state)
     _types(out, {ProposalType.EXTERNAL_INIT}, "a connection-group join")
+    assert out.committer_leaf is not None
+    _no_inherited_admin(state, out, [out.committer_leaf])
     aad = _aad(JoinConnectionGroupParamsAad, out)
     assert isinstance(aad, JoinConnectionGroupParamsAad)
     group_info = _group_info(out, params.group_info_update)
@@ -462,6 +481,7 @@ def resync_client(
     assert old_node is not None
     if out.tree.require_leaf(new).credential != old_node.credential:
         raise ValidationError("a resynced client keeps its leaf credential")
+    _no_inherited_admin(state, out, [new], keep=leaf)
     group_info = _group_info(out, params.group_info_update)
     fan_outs = commit_fan_out(state, params.external_commit, leaf)
     old = state.member(leaf)
