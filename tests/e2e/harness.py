@@ -24,9 +24,9 @@ import uvicorn
 from phx.config import Config, HostPort
 from phx.federation.discovery import Resolver
 from phx.federation.service import FederationService
-from phx.server import create_app, uvicorn_config
+from phx.server import uvicorn_config
 from phx.storage import Database, open_database
-from tests.federation.helpers import Client, QsRoutes, fast_config, make_homeserver
+from tests.federation.helpers import Client, fast_config, make_homeserver
 
 from .proxy import FaultProxy
 
@@ -133,7 +133,7 @@ class Node:
             hs = await make_homeserver(
                 self.config, db, None, resolver=resolver, database_url=self.db_url, **kwargs
             )
-            app = create_app(self.config, [QsRoutes(hs.qs), hs.fed])
+            app = hs.app()
             self._server = Server(uvicorn_config(app, self.config, port=self.port))
             self.port = await self._server.begin()
             stack.push_async_callback(self._server.end)

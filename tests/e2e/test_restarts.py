@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from phx.config import OutboxConfig
 from phx.federation.outbox_store import DestinationRow
 from phx.identifiers import Fqdn
@@ -35,6 +37,9 @@ async def test_receiver_stopped_and_restarted(net: Net, tmp_path: Path) -> None:
     await asyncio.sleep(1.0)
     row = await destination(a)
     assert row.backlog > 0 and row.failures > 0  # a really is backing off from b
+    metrics = await scrape(a)
+    assert f'phx_federation_outbox_backlog{{destination="b.test"}} {row.backlog}' in metrics
+    assert 'phx_federation_destination_failures{destination="b.test"} 0' not in metrics
     await b.start()
     for c in remote:
         c.qs = b.hs.qs
@@ -87,3 +92,14 @@ async def destination(node: Node) -> DestinationRow:
     async with node.fed.db.transaction() as conn:
         (row,) = await node.fed.store.destinations(conn)
     return row
+
+
+async def scrape(node: Node) -> str:
+    """``GET /metrics`` over HTTPS, after making sure the gauges are fresh."""
+    assert node.fed.sender is not None
+    node.fed.sender.poll_soon()
+    await asyncio.sleep(0.2)
+    async with httpx.AsyncClient(verify=node.net.ca.client_context()) as http:
+        r = await http.get(f"https://127.0.0.1:{node.port}/metrics")
+    assert r.status_code == 200
+    return r.text

@@ -36,7 +36,7 @@ from phx.queuing.messages import (
 )
 from phx.queuing.routes import qs_routes
 from phx.queuing.service import QsService
-from phx.server import create_app
+from phx.server import Registry, create_app
 from phx.storage import Database, migrate
 
 cs = SUITE_1
@@ -82,10 +82,16 @@ class Homeserver:
     db: Database
     qs: QsService
     fed: FederationService
+    registry: Registry
     clients: list[Client] = field(default_factory=list)
 
+    _app: Any = None
+
     def app(self) -> Any:
-        return create_app(self.config, [QsRoutes(self.qs), self.fed])
+        """The homeserver's app (one per homeserver: its metrics are registered once)."""
+        if self._app is None:
+            self._app = create_app(self.config, [QsRoutes(self.qs), self.fed], metrics=self.registry)
+        return self._app
 
     async def register(self) -> Client:
         client = await register(self.qs)
@@ -106,7 +112,8 @@ async def make_homeserver(
     fed_kwargs.setdefault("probe_interval", 0.2)
     fed_kwargs.setdefault("poll_interval", 0.2)
     fed_kwargs.setdefault("lease", 2.0)
-    fed = FederationService(config, db, transport=transport, **fed_kwargs)
+    registry = Registry()
+    fed = FederationService(config, db, transport=transport, registry=registry, **fed_kwargs)
     qs = await QsService.open(
         db,
         config.qs,
@@ -116,7 +123,7 @@ async def make_homeserver(
         forwarder=fed.forwarder,
     )
     fed.bind(qs)
-    return Homeserver(config.server.domain, config, db, qs, fed)
+    return Homeserver(config.server.domain, config, db, qs, fed, registry)
 
 
 @dataclass

@@ -68,6 +68,14 @@ async def test_fan_out_reaches_remote_queues_in_order(
     assert [(r.destination, r.backlog, r.sent_total, r.failures) for r in rows] == [(B, 0, 20, 0)]
     async with b.db.transaction() as conn:
         assert await conn.fetchval("SELECT COUNT(*) FROM fed_received") == 20
+    # The same figures at /metrics (gauges refreshed by the sender's poll).
+    a.fed.sender.poll_soon()  # type: ignore[union-attr]
+    await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=a.app()), base_url="http://a") as http:
+        text = (await http.get("/metrics")).text
+    assert 'phx_federation_outbox_backlog{destination="b.test"} 0' in text
+    assert 'phx_federation_sent_total{destination="b.test"} 20' in text
+    assert 'phx_federation_destination_failures{destination="b.test"} 0' in text
 
 
 async def test_blocked_destination_fails_the_fan_out_loudly(db_factory: DbFactory) -> None:
