@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 MLS_TEST_VECTORS_DIR ?= ../shared/mls-test-vectors
 export MLS_TEST_VECTORS_DIR
 
-.PHONY: test lint typecheck pytest test-vectors demo bench-mls clean
+.PHONY: install test lint typecheck pytest test-vectors demo bench-mls bench-qs bench-as bench-ds bench-federation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ demo: $(STAMP)
 
 bench-mls: $(STAMP)
 	$(BIN)/python benchmarks/bench_mls.py
+
+bench-qs: $(STAMP)
+	$(BIN)/python benchmarks/bench_qs.py --concurrency 64
+
+bench-as: $(STAMP)
+	$(BIN)/python benchmarks/bench_as.py
+
+bench-ds: $(STAMP)
+	$(BIN)/python benchmarks/bench_ds.py
+
+bench-federation: $(STAMP)
+	$(BIN)/python benchmarks/bench_federation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
