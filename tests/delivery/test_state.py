@@ -120,3 +120,25 @@ def test_sections_of_different_writes_do_not_combine() -> None:
     assert state.epoch == 4 and not state.cold_available
     with pytest.raises(RuntimeError):
         _ = state.cold
+
+
+def test_fan_out_encoding_by_concatenation_equals_the_codec() -> None:
+    from phx.mls.messages import ContentType, MLSMessage, PrivateMessage
+    from phx.queuing.messages import FanOutMessage, MessageContent, MessageContentType
+    from tests.delivery.helpers import random_queue_config
+
+    configs = [random_queue_config(Fqdn(d)) for d in ("a.example", "b.example", "a.example")]
+    members = {i: Member(i, i, os.urandom(32), qc.encode(), 0, 0) for i, qc in enumerate(configs)}
+    state = GroupState(GID, Roster(1, 1, 0, os.urandom(32), 3, members), cold_blob=b"")
+    content = MessageContent(
+        MessageContentType.APPLICATION,
+        MLSMessage(PrivateMessage(GID.to_mls(), 1, ContentType.APPLICATION, b"", b"sd", b"ct")),
+    )
+    for recipients in (state.recipients(), state.recipients(exclude=1), (random_queue_config(),)):
+        message = FanOutMessage(recipients, content)
+        assert state.encode_fan_out(message) == message.encode()
+    assert state.recipients() == tuple(configs)
+    first = state.recipients()
+    state.roster.members[1].activity_time = 5
+    state.touch_roster()  # no member changed its config: the decoded objects are reused
+    assert all(a is b for a, b in zip(first, state.recipients(), strict=True))

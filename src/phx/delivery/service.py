@@ -508,7 +508,8 @@ class DsService:
     def _seal_outbox(self, state: GroupState, message: FanOutMessage) -> bytes:
         assert state.ear_key is not None
         unit = self._units()[0]
-        return encrypt_section(state.ear_key, state.group_id, OUTBOX, message.encode(), unit, cs=self.cs)
+        plain = state.encode_fan_out(message)
+        return encrypt_section(state.ear_key, state.group_id, OUTBOX, plain, unit, cs=self.cs)
 
     async def _save(self, conn: Connection, state: GroupState, now: int) -> None:
         key = state.group_id.encode()

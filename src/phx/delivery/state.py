@@ -39,12 +39,12 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from phx.codec import Reader, Writer, decode_all
+from phx.codec import Reader, Writer, decode_all, encode_varint
 from phx.crypto import PHX_PREFIX, SUITE_1, CipherSuite
 from phx.errors import AuthError, DecodeError
 from phx.identifiers import Fqdn, GroupId
 from phx.mls.public_group import PublicGroup
-from phx.queuing.messages import ClientQueueConfig, SealedQueueConfig
+from phx.queuing.messages import ClientQueueConfig, FanOutMessage, SealedQueueConfig
 
 from .messages import EAR_KEY_LENGTH, MemberCredential
 
@@ -79,6 +79,8 @@ _INFO = PHX_PREFIX + b"ds state"
 _ROSTER_VERSION = 1
 _COLD_VERSION = 1
 _PAST_VERSION = 1
+_U32X2 = struct.Struct(">II")
+_U64X2 = struct.Struct(">QQ")
 
 #: Padding estimate per member and section (bytes) for cipher suite 1: a roster entry is ~200 bytes; the
 #: cold section holds a leaf with its credential (~500), its parent node share (~100), the encrypted
@@ -247,13 +249,19 @@ class Member:
     key_package_ref: bytes | None = None  # from its Add until its first update
 
     def _write(self, w: Writer) -> None:
-        w.u32(self.leaf)
-        w.u32(self.user)
-        w.opaque(self.signature_key)
-        w.opaque(self.queue_config)
-        w.u64(self.activity_time)
-        w.u64(self.activity_epoch)
-        w.optional(self.key_package_ref, Writer.opaque)
+        # One pack per member: the roster of a large group is re-encoded on every commit.
+        sig, qc, ref = self.signature_key, self.queue_config, self.key_package_ref
+        w.buf += b"".join(
+            (
+                _U32X2.pack(self.leaf, self.user),
+                encode_varint(len(sig)),
+                sig,
+                encode_varint(len(qc)),
+                qc,
+                _U64X2.pack(self.activity_time, self.activity_epoch),
+                b"\x00" if ref is None else b"\x01" + encode_varint(len(ref)) + ref,
+            )
+        )
 
     @classmethod
     def _read(cls, r: Reader) -> Member:
@@ -412,6 +420,7 @@ class GroupState:
         "roster_dirty",
         "cold_dirty",
         "_fanout",
+        "_configs",
         "_next_due",
         "new_past",
         "joiners_changed",
@@ -436,6 +445,9 @@ class GroupState:
         self.roster_dirty = False
         self.cold_dirty = False
         self._fanout: tuple[tuple[int, ...], tuple[ClientQueueConfig, ...]] | None = None
+        # decoded queue configs by their encoding, and the encoding of each decoded object (by id), so a
+        # roster change re-decodes only new configs and fan-outs are encoded by concatenation
+        self._configs: dict[bytes, ClientQueueConfig] = {}
         self._next_due: int | None = None
         self.new_past: list[PastState] = []  # to store with this request
         self.joiners_changed = False  # past states of epochs nobody waits for can go
@@ -493,8 +505,22 @@ class GroupState:
         """(leaves, their decoded queue configs), left to right; kept until the members change."""
         if self._fanout is None:
             ms = sorted(self.roster.members.values(), key=lambda m: m.leaf)
-            self._fanout = (tuple(m.leaf for m in ms), tuple(_queue_config(m.queue_config) for m in ms))
+            known, fresh = self._configs, {}
+            for m in ms:
+                qc = known.get(m.queue_config)
+                fresh[m.queue_config] = qc if qc is not None else _queue_config(m.queue_config)
+            self._configs = fresh
+            self._fanout = (tuple(m.leaf for m in ms), tuple(fresh[m.queue_config] for m in ms))
         return self._fanout
+
+    def encode_fan_out(self, message: FanOutMessage) -> bytes:
+        """``message.encode()``, concatenating the stored encodings of the group's queue configs."""
+        by_id = {id(qc): raw for raw, qc in self._configs.items()}
+        body = b"".join(by_id.get(id(qc)) or qc.encode() for qc in message.client_queue_configs)
+        w = Writer()
+        w.opaque(body)
+        message.message_content._write(w)
+        return w.getvalue()
 
     def weight(self) -> int:
         """A rough estimate of the memory this state holds (for the cache budget)."""
