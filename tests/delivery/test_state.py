@@ -142,3 +142,25 @@ def test_fan_out_encoding_by_concatenation_equals_the_codec() -> None:
     state.roster.members[1].activity_time = 5
     state.touch_roster()  # no member changed its config: the decoded objects are reused
     assert all(a is b for a, b in zip(first, state.recipients(), strict=True))
+
+
+def test_cold_section_and_past_state_round_trip() -> None:
+    from phx.delivery.messages import MemberCredential
+    from phx.delivery.state import ColdState, PastState
+    from phx.mls.group import Group
+    from phx.mls.messages import Credential
+    from phx.mls.public_group import PublicGroup
+    from tests.delivery.helpers import CS
+
+    priv, _ = CS.generate_signature_key_pair()
+    g = Group.create(CS, Credential.basic(b"a"), priv, now=1000, group_id=GID.to_mls())
+    gi = g.group_info(ratchet_tree=True).group_info
+    assert gi is not None
+    cold = ColdState(PublicGroup.from_group_info(gi, None, 1000), {0: b"cred a", 7: b""})
+    back = ColdState.decode(cold.encode())
+    assert back.credentials == cold.credentials and back.public.context == cold.public.context
+    assert back.credential_chains() == (MemberCredential(0, b"cred a"), MemberCredential(7, b""))
+    past = PastState(3, g.tree.encode(), back.credential_chains())
+    assert PastState.decode(past.encode()) == past
+    with pytest.raises(DecodeError):
+        ColdState.decode(b"\x05" + cold.encode()[1:])

@@ -79,6 +79,7 @@ _INFO = PHX_PREFIX + b"ds state"
 _ROSTER_VERSION = 1
 _COLD_VERSION = 1
 _PAST_VERSION = 1
+_U32 = struct.Struct(">I")
 _U32X2 = struct.Struct(">II")
 _U64X2 = struct.Struct(">QQ")
 
@@ -279,10 +280,16 @@ class Joiner:
     epoch: int
 
     def _write(self, w: Writer) -> None:
-        w.opaque(self.key_package_ref)
-        w.opaque(self.signature_key)
-        w.u64(self.expires_at)
-        w.u64(self.epoch)
+        ref, sig = self.key_package_ref, self.signature_key
+        w.buf += b"".join(
+            (
+                encode_varint(len(ref)),
+                ref,
+                encode_varint(len(sig)),
+                sig,
+                _U64X2.pack(self.expires_at, self.epoch),
+            )
+        )
 
     @classmethod
     def _read(cls, r: Reader) -> Joiner:
@@ -383,7 +390,12 @@ class ColdState:
         w = Writer()
         w.u8(_COLD_VERSION)
         w.opaque(self.public.to_bytes())
-        w.vector(self.credential_chains(), Writer.struct)
+        # MemberCredential encodings, joined directly (this runs on every commit)
+        w.opaque(
+            b"".join(
+                _U32.pack(leaf) + encode_varint(len(c)) + c for leaf, c in sorted(self.credentials.items())
+            )
+        )
         return w.getvalue()
 
     @classmethod
