@@ -54,7 +54,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._next = 0
         self._client = httpx.AsyncClient(verify=self.client_tls, timeout=30.0, trust_env=False)
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: set[asyncio.StreamWriter] = set()
 
     async def start(self, port: int = 0) -> int:
         self._server = await asyncio.start_server(
@@ -66,8 +66,8 @@ class FaultProxy:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for t in list(self._conns):
-                t.cancel()
+            for w in list(self._conns):
+                w.transport.abort()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
@@ -79,15 +79,13 @@ class FaultProxy:
         return self.fault
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
+        self._conns.add(writer)
         try:
             await self._connection(reader, writer)
         except (ConnectionError, h11.ProtocolError, ssl.SSLError, asyncio.IncompleteReadError, OSError):
             pass
         finally:
-            self._conns.discard(task)
+            self._conns.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -131,8 +129,10 @@ class FaultProxy:
     async def _forward(
         self, request: h11.Request, body: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        host, port = self.upstreams[self._next % len(self.upstreams)]
+        index = self._next % len(self.upstreams)
+        host, port = self.upstreams[index]
         self._next += 1
+        self.counts[f"upstream{index}"] += 1
         headers = {
             k.decode(): v.decode()
             for k, v in request.headers

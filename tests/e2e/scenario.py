@@ -45,18 +45,21 @@ class Traffic:
     def expected_count(self, client: Client) -> int:
         return sum(len(v) for v in self.expected(client).values())
 
-    async def complete(self, clients: Sequence[Client]) -> bool:
+    async def complete(self, clients: Sequence[Client], *others: Traffic) -> bool:
         for c in clients:
-            if len(await c.bodies()) < self.expected_count(c):
+            want = self.expected_count(c) + sum(o.expected_count(c) for o in others)
+            if len(await c.bodies()) < want:
                 return False
         return True
 
-    async def check(self, clients: Sequence[Client]) -> None:
-        """Every client holds exactly what was sent to its groups: nothing lost, nothing twice, each
-        group's messages in the order they were sent."""
+    async def check(self, clients: Sequence[Client], *others: Traffic) -> None:
+        """Every client holds exactly what was sent to its groups (here and in ``others``): nothing lost,
+        nothing twice, each group's messages in the order they were sent."""
         for c in clients:
             payloads = await c.read()
             want = self.expected(c)
+            for o in others:
+                want.update(o.expected(c))
             assert len(payloads) == sum(len(v) for v in want.values())
             got: dict[GroupId, list[bytes]] = {}
             for p in payloads:
