@@ -131,7 +131,8 @@ class AsService:
         self.token_keys = IssuerKeyring(db, config.token_time_frame)
         self.redeemer = TokenRedeemer(db, self.token_keys, phoenix_challenge(domain))
         self._task: asyncio.Task[None] | None = None
-        self._touched: dict[str, int] = {}
+        self._touched: set[str] = set()
+        self._touched_day = 0
         self._handlers: dict[str, Handler] = {name: getattr(self, f"_op_{name}") for name in OPERATIONS}
 
     # --- server plumbing -----------------------------------------------------------------------------
@@ -231,11 +232,15 @@ class AsService:
         return cred
 
     async def _touch(self, client_id: ClientId, now: int) -> None:
+        """Record activity once per client and day (the cache only remembers today's clients)."""
         day = now - now % DAY
+        if day != self._touched_day:
+            self._touched.clear()
+            self._touched_day = day
         key = str(client_id)
-        if self._touched.get(key) != day:
+        if key not in self._touched:
             await self.store.touch_client(client_id, now)
-            self._touched[key] = day
+            self._touched.add(key)
 
     async def _alias(self, op: Operation, request: AsRequest, alias: Alias, now: int) -> None:
         auth = request.alias_auth
@@ -396,7 +401,7 @@ class AsService:
             raise Forbidden("a client can only remove clients of its own user")
         await self._second_factor(cred.client_id, p.opaque_ke3, now)
         await self.store.delete_client(p.client_id, now)
-        self._touched.pop(str(p.client_id), None)
+        self._touched.discard(str(p.client_id))
         self.keys.forget_cache()
         return None
 
