@@ -2,69 +2,141 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-
 import pytest
 
-from phx.client import Event, PhxClient
+from phx.auth.opaque import OpaqueAuthError
+from phx.client import ClientError, PhxClient, ServiceError
+from phx.queuing.messages import AddPackageParams
 
-from .harness import Net, homeservers
-
-
-@pytest.fixture
-async def net(tmp_path: Path) -> AsyncIterator[Net]:
-    async with homeservers(tmp_path / "dev") as n:
-        yield n
+from .conftest import Clients, connect, has, sync_until
 
 
-def open_client(net: Net, home: Path) -> PhxClient:
-    return PhxClient.open(home, ca_file=net.setup.ca_file, hosts=net.hosts)
+async def test_cross_homeserver_conversation(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    request = await alice.connect("bob@b.test")
+    assert [r.user for r in alice.requests()] == ["bob@b.test"] and request.status == "pending"
+    events = await sync_until(bob, has("request"))
+    (incoming,) = [e for e in events if e.kind == "request"]
+    assert incoming.sender == "alice@a.test"
+    (view,) = bob.requests()
+    assert view.direction == "in" and view.fingerprint == alice.whoami()["fingerprint"]
+    await bob.accept(incoming.request_id)
+    events = await sync_until(alice, has("connected"))
+    assert [e.sender for e in events if e.kind == "connected"] == ["bob@b.test"]
+    await sync_until(bob, has("ready", sender="alice@a.test"))
+    (contact,) = alice.contacts()
+    assert contact.user == "bob@b.test" and contact.ready
+    assert contact.fingerprints == [bob.whoami()["fingerprint"]]  # the chain alice verified, for comparing
+    assert alice.requests() == [] and bob.requests() == []
+    await alice.create_group("team")
+    await alice.invite("team", "bob@b.test")
+    events = await sync_until(bob, has("joined"))
+    assert [(e.group, e.sender) for e in events if e.kind == "joined"] == [("team", "alice@a.test")]
+    (group,) = bob.groups()
+    assert group.name == "team" and group.members == ["alice@a.test", "bob@b.test"]
+    await alice.send("team", "hello from a")
+    await bob.send("team", "hello from b")
+    got_b = await sync_until(bob, has("message"))
+    got_a = await sync_until(alice, has("message"))
+    assert [(e.sender, e.text) for e in got_b if e.kind == "message"] == [("alice@a.test", "hello from a")]
+    assert [(e.sender, e.text) for e in got_a if e.kind == "message"] == [("bob@b.test", "hello from b")]
+    assert [(m.text, m.outgoing) for m in alice.messages("team")] == [
+        ("hello from a", True),
+        ("hello from b", False),
+    ]
 
 
-async def sync_until(
-    client: PhxClient, done: Callable[[list[Event]], bool], timeout: float = 15.0
-) -> list[Event]:
-    seen: list[Event] = []
-    end = time.monotonic() + timeout
-    while True:
-        seen += await client.sync()
-        if done(seen):
-            return seen
-        assert time.monotonic() < end, f"timed out; saw {[e.as_dict() for e in seen]}"
-        await asyncio.sleep(0.1)
+async def test_rejected_request_is_reported_to_the_initiator(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    await alice.connect("bob@b.test")
+    events = await sync_until(bob, has("request"))
+    await bob.reject(next(e.request_id for e in events if e.kind == "request"))
+    await sync_until(alice, has("declined", sender="bob@b.test"))
+    assert alice.contacts() == [] and bob.contacts() == []
+    assert [r.status for r in alice.requests(pending_only=False)] == ["rejected"]
+    # the declined connection group is gone from the DS as well
+    assert [g.status for g in alice.session.state.groups("connection")] == ["deleted"]
+    with pytest.raises(ClientError, match="not a contact"):
+        await alice.invite("anything", "bob@b.test")
 
 
-def kinds(kind: str) -> Callable[[list[Event]], bool]:
-    return lambda events: any(e.kind == kind for e in events)
+async def test_membership_changes(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    carol = await clients.user("carol@a.test")
+    await connect(alice, bob)
+    await connect(alice, carol)
+    await alice.create_group("g")
+    await alice.invite("g", "bob@b.test")
+    await alice.invite("g", "carol@a.test")
+    await sync_until(bob, has("joined"))
+    await sync_until(carol, has("joined"))
+    assert bob.groups()[0].members == ["alice@a.test", "bob@b.test", "carol@a.test"]
+    # bob and carol are not contacts, but each sees the other's name (checked against the user id)
+    await carol.send("g", "carol here")
+    events = await sync_until(bob, has("message"))
+    assert [(e.sender, e.text) for e in events if e.kind == "message"] == [("carol@a.test", "carol here")]
+    # an admin removes carol; everybody learns it
+    await alice.remove("g", "carol@a.test")
+    await sync_until(carol, has("removed", group="g"))
+    assert carol.groups() == []
+    await sync_until(bob, has("removed", sender="carol@a.test"))
+    # bob leaves: a self-remove proposal that alice (the designated committer) commits on her next sync
+    await bob.leave("g")
+    assert bob.groups()[0].status == "leaving"
+    await sync_until(alice, has("removed", sender="bob@b.test"))
+    await sync_until(bob, has("left", group="g"))
+    assert bob.groups() == [] and alice.groups()[0].members == ["alice@a.test"]
+    # messages go on; the group can be deleted by its admin
+    await alice.delete_group("g")
+    assert alice.groups() == []
 
 
-async def test_cross_homeserver_conversation(net: Net, tmp_path: Path) -> None:
-    async with open_client(net, tmp_path / "alice") as alice, open_client(net, tmp_path / "bob") as bob:
-        await alice.register("alice@a.test", b"pw-alice")
-        await bob.register("bob@b.test", b"pw-bob")
-        request = await alice.connect("bob@b.test")
-        events = await sync_until(bob, kinds("request"))
-        (incoming,) = [e for e in events if e.kind == "request"]
-        assert incoming.sender == "alice@a.test"
-        await bob.accept(incoming.request_id)
-        events = await sync_until(alice, kinds("connected"))
-        assert [e.sender for e in events if e.kind == "connected"] == ["bob@b.test"]
-        assert request.id
-        await sync_until(bob, lambda _: all(c.ready for c in bob.contacts()))
-        assert [c.user for c in alice.contacts()] == ["bob@b.test"]
-        await alice.create_group("team")
-        await alice.invite("team", "bob@b.test")
-        events = await sync_until(bob, kinds("joined"))
-        assert [(e.group, e.sender) for e in events if e.kind == "joined"] == [("team", "alice@a.test")]
-        assert bob.groups()[0].name == "team"
-        await alice.send("team", "hello from a")
-        await bob.send("team", "hello from b")
-        got_b = await sync_until(bob, kinds("message"))
-        got_a = await sync_until(alice, kinds("message"))
-        assert [(e.sender, e.text) for e in got_b if e.kind == "message"] == [
-            ("alice@a.test", "hello from a")
-        ]
-        assert [(e.sender, e.text) for e in got_a if e.kind == "message"] == [("bob@b.test", "hello from b")]
+async def test_disconnect_rotates_the_friendship_token(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    carol = await clients.user("carol@a.test")
+    await connect(bob, alice)
+    await connect(bob, carol)
+    old_token = bob.session.me().friendship_token
+    await bob.disconnect("alice@a.test")
+    assert [c.user for c in bob.contacts()] == ["carol@a.test"]
+    assert bob.session.me().friendship_token != old_token
+    await sync_until(alice, has("disconnected", sender="bob@b.test"))
+    assert alice.contacts() == []
+    # the old token no longer fetches bob's KeyPackages; carol received the new one and still can
+    from phx.client import ServiceError
+
+    with pytest.raises(ServiceError) as e:
+        await alice.session.api.add_packages(bob.session.domain, AddPackageParams(old_token))
+    assert e.value.code == "not_found"
+    new_token = bob.session.me().friendship_token
+    bob_id = bob.session.me().user_id
+
+    def carol_has_new_token(_: object) -> bool:
+        contact = carol.session.state.contact(bob_id)
+        return contact is not None and contact.friendship_token == new_token
+
+    await sync_until(carol, carol_has_new_token)
+    await carol.create_group("still")
+    await carol.invite("still", "bob@b.test")
+    await sync_until(bob, has("joined", group="still"))
+
+
+async def test_delete_account(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    await connect(alice, bob)
+    with pytest.raises(OpaqueAuthError):
+        await bob.delete_account(b"wrong password")
+    assert bob.whoami()["registered"] is True  # nothing was deleted
+    await bob.delete_account(b"password of bob@b.test")
+    with pytest.raises(ClientError, match="not registered"):
+        bob.whoami()
+    fresh = clients.client("someone")
+    await fresh.register("dave@a.test", b"pw")
+    with pytest.raises(ServiceError, match="no connection package"):
+        await fresh.connect("bob@b.test")
+    assert isinstance(alice, PhxClient)

@@ -15,6 +15,7 @@ serve), but in one event loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import sys
 import tempfile
@@ -66,7 +67,10 @@ async def serve_factory(config: Config, db: Database, registry: Registry) -> Seq
     """``phx serve``'s own wiring (:func:`phx.cli.serve.build_services`)."""
     from phx.cli.serve import build_services
 
-    return build_services(config, db, registry)
+    services = build_services(config, db, registry)
+    if inspect.isawaitable(services):
+        return await services  # type: ignore[no-any-return]
+    return services
 
 
 @asynccontextmanager
@@ -221,21 +225,20 @@ async def run_demo(
 
 
 async def _main(factory: AsyncServiceFactory) -> int:
+    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="phx-demo-") as tmp:
         delivered, total = await run_demo(Path(tmp), factory)
+    print(f"(finished in {time.monotonic() - start:.1f}s)")
     print(f"demo: {delivered}/{total} messages delivered across 2 homeservers")
     return 0 if delivered == total else 1
 
 
 def run(factory: AsyncServiceFactory = serve_factory) -> int:
-    start = time.monotonic()
     try:
-        code = asyncio.run(_main(factory))
+        return asyncio.run(_main(factory))
     except (PhxError, OSError) as e:
         print(f"demo: failed: {e}", file=sys.stderr)
         return 1
-    print(f"demo: finished in {time.monotonic() - start:.1f}s")
-    return code
 
 
 def main() -> int:

@@ -174,13 +174,20 @@ async def settle(s: Session, row: GroupRow) -> tuple[GroupRow, Group]:
             ExternalCommitInfoParams(row.group_id, row.ear_key), s.ds_auth(row, group)
         )
         taken = info.group_info.group_context.encode() == pending_context(group)
-        outcome = group.merge_pending_commit() if taken else None
-        if not taken:
+        members: list[MemberRow] | None = None
+        if taken:
+            group.merge_pending_commit()
+            # The commit's own bookkeeping was lost with the answer: take the members from the DS.
+            chains = [(m.leaf_index, m.encrypted_credential_information) for m in info.credential_chains]
+            members = await s.verify_members(row.group_id, group, row.credential_key, chains)
+        else:
             group.clear_pending_commit()
         with s.state.tx() as c:
             row = s.save_group(c, row, group)
-            if outcome is not None:
-                forget_removed(s, c, row.group_id, outcome)
+            if members is not None:
+                s.state.delete_members(c, row.group_id)
+                for m in members:
+                    s.state.put_member(c, row.group_id, m)
     if group.pending_proposals() and row.status == "active":
         row, group = await commit(s, row, group, update_plan(s), retry=False)
     return row, group

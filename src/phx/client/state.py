@@ -444,6 +444,9 @@ class ClientState:
             ),
         )
 
+    def delete_members(self, c: sqlite3.Connection, group_id: GroupId) -> None:
+        c.execute("DELETE FROM members WHERE group_id = ?", (str(group_id),))
+
     def delete_member(self, c: sqlite3.Connection, group_id: GroupId, leaf: int) -> None:
         c.execute("DELETE FROM members WHERE group_id = ? AND leaf = ?", (str(group_id), leaf))
 
