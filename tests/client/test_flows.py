@@ -140,3 +140,22 @@ async def test_delete_account(clients: Clients) -> None:
     with pytest.raises(ServiceError, match="no connection package"):
         await fresh.connect("bob@b.test")
     assert isinstance(alice, PhxClient)
+
+
+async def test_connect_by_alias(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    assert await bob.add_alias("Bobby Tables") == "Bobby Tables@b.test"
+    assert bob.aliases() == ["Bobby Tables@b.test"]
+    request = await alice.connect_alias("Bobby Tables@b.test")
+    assert [r.user for r in alice.requests()] == ["alias:Bobby Tables@b.test"]
+    events = await sync_until(bob, has("request", sender="alice@a.test"))
+    await bob.accept(next(e.request_id for e in events if e.kind == "request"))
+    # only now does alice learn who owns the alias
+    await sync_until(alice, has("connected", sender="bob@b.test"))
+    assert [c.user for c in alice.contacts()] == ["bob@b.test"]
+    assert alice.session.state.request(request.id).user_id == bob.session.me().user_id  # type: ignore[union-attr]
+    await bob.remove_alias("Bobby Tables")
+    assert bob.aliases() == []
+    with pytest.raises(ServiceError, match="no connection package"):
+        await alice.connect_alias("Bobby Tables@b.test")

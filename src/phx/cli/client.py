@@ -83,10 +83,8 @@ async def _whoami(c: PhxClient, a: argparse.Namespace, out: Output) -> None:
 
 
 async def _connect(c: PhxClient, a: argparse.Namespace, out: Output) -> None:
-    if a.alias:
-        raise ClientError("connecting by alias is not supported by this client yet")
-    request = await c.connect(a.user)
-    to = c.label(request.user_id)
+    request = await (c.connect_alias(a.user) if a.alias else c.connect(a.user))
+    to = a.user if a.alias else c.label(request.user_id)
     out.item(
         {"id": request.id, "to": to, "status": request.status},
         f"connection request #{request.id} sent to {to}",
@@ -135,6 +133,23 @@ async def _contacts(c: PhxClient, a: argparse.Namespace, out: Output) -> None:
 async def _disconnect(c: PhxClient, a: argparse.Namespace, out: Output) -> None:
     await c.disconnect(a.user)
     out.item({"user": a.user, "status": "disconnected"}, f"{a.user} is no longer a contact")
+
+
+async def _alias(c: PhxClient, a: argparse.Namespace, out: Output) -> None:
+    if a.alias_command == "add":
+        address = await c.add_alias(a.name)
+        out.item({"alias": address, "status": "registered"}, f"registered the alias {address}")
+    else:
+        await c.remove_alias(a.name)
+        out.item({"alias": a.name, "status": "deleted"}, f"deleted the alias {a.name}")
+
+
+async def _aliases(c: PhxClient, a: argparse.Namespace, out: Output) -> None:
+    names = c.aliases()
+    for name in names:
+        out.item({"alias": name}, name)
+    if not names and not out.json:
+        print("no aliases")
 
 
 async def _group(c: PhxClient, a: argparse.Namespace, out: Output) -> None:
@@ -266,6 +281,8 @@ COMMANDS: dict[str, Handler] = {
     "reject": _reject,
     "contacts": _contacts,
     "disconnect": _disconnect,
+    "alias": _alias,
+    "aliases": _aliases,
     "group": _group,
     "groups": _groups,
     "send": _send,
@@ -307,7 +324,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub.add_parser("whoami", parents=common, help="this client's user, ids and fingerprints")
     p = sub.add_parser("connect", parents=common, help="send a connection request")
     p.add_argument("user", metavar="USER@DOMAIN")
-    p.add_argument("--alias", action="store_true", help="USER@DOMAIN is an alias")
+    p.add_argument("--alias", action="store_true", help="the address is an alias (ALIAS@DOMAIN)")
     p = sub.add_parser("requests", parents=common, help="pending connection requests")
     p.add_argument("--outgoing", action="store_true", help="the requests this client sent")
     p.add_argument("--all", action="store_true", help="also answered requests")
@@ -317,6 +334,13 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub.add_parser("contacts", parents=common, help="connected users and their fingerprints")
     p = sub.add_parser("disconnect", parents=common, help="remove a contact (rotates the friendship token)")
     p.add_argument("user", metavar="USER@DOMAIN")
+    al = sub.add_parser("alias", parents=common, help="register or delete an alias of yours")
+    als = al.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    p = als.add_parser("add", parents=common, help="register ALIAS with your homeserver")
+    p.add_argument("name", metavar="ALIAS")
+    p = als.add_parser("remove", parents=common, help="delete one of your aliases")
+    p.add_argument("name", metavar="ALIAS")
+    sub.add_parser("aliases", parents=common, help="your aliases")
     g = sub.add_parser("group", parents=common, help="create, invite, remove, leave, delete")
     gs = g.add_subparsers(dest="group_command", required=True, metavar="ACTION")
     p = gs.add_parser("create", parents=common, help="create a group")

@@ -13,21 +13,29 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from phx.auth.client import client_request, plain_request
+from phx.auth.client import alias_request, client_request, plain_request
 from phx.auth.messages import (
+    Alias,
+    AliasClientsParams,
+    AliasClientsResponse,
     AsCredentialsResponse,
+    DeleteAlias,
     DeleteUserParams,
+    DequeueAliasMessagesParams,
     Empty,
+    EnqueueAliasMessageParams,
     EnqueueMessageParams,
     FinishUserRegistrationParams,
     Initiate2FaAuthenticationParams,
     Initiate2FaAuthenticationResponse,
     InitUserRegistrationParams,
     InitUserRegistrationResponse,
+    RegisterAlias,
     RequestToken,
     TokenKeysResponse,
     TokenResponse,
     UpdateUserProfileParams,
+    UploadAliasPackages,
     UploadUserIdPackages,
     UserClientsParams,
     UserClientsResponse,
@@ -139,10 +147,21 @@ class Api:
     # --- AS ------------------------------------------------------------------------------------------
 
     async def _as(
-        self, domain: Fqdn, op: str, params: Struct, *, auth: ClientAuth | None = None, token: bool = True
+        self,
+        domain: Fqdn,
+        op: str,
+        params: Struct,
+        *,
+        auth: ClientAuth | None = None,
+        alias_key: bytes | None = None,
+        token: bool = True,
     ) -> bytes:
         async def send(pp: bytes | None) -> bytes:
-            if auth is None:
+            if alias_key is not None:
+                request = alias_request(
+                    op, params, as_domain=domain, alias_private_key=alias_key, now=self.clock(), token=pp
+                )
+            elif auth is None:
                 request = plain_request(params, token=pp)
             else:
                 request = client_request(
@@ -208,6 +227,30 @@ class Api:
         self, domain: Fqdn, params: AsDequeueParams, auth: ClientAuth
     ) -> AsDequeueResponse:
         return AsDequeueResponse.decode(await self._as(domain, "dequeue_messages", params, auth=auth))
+
+    async def register_alias(self, domain: Fqdn, params: RegisterAlias) -> None:
+        await self._as(domain, "register_alias", params)
+
+    async def delete_alias(self, domain: Fqdn, alias: Alias, alias_key: bytes) -> None:
+        await self._as(domain, "delete_alias", DeleteAlias(alias), alias_key=alias_key)
+
+    async def upload_alias_packages(
+        self, domain: Fqdn, params: UploadAliasPackages, alias_key: bytes
+    ) -> None:
+        await self._as(domain, "upload_alias_connection_packages", params, alias_key=alias_key)
+
+    async def dequeue_alias_messages(
+        self, domain: Fqdn, params: DequeueAliasMessagesParams, alias_key: bytes
+    ) -> AsDequeueResponse:
+        body = await self._as(domain, "dequeue_alias_messages", params, alias_key=alias_key)
+        return AsDequeueResponse.decode(body)
+
+    async def alias_package(self, domain: Fqdn, alias: Alias) -> AliasClientsResponse:
+        body = await self._as(domain, "get_alias_connection_package", AliasClientsParams(alias))
+        return AliasClientsResponse.decode(body)
+
+    async def enqueue_alias_message(self, domain: Fqdn, params: EnqueueAliasMessageParams) -> None:
+        await self._as(domain, "enqueue_alias_message", params)
 
     # --- QS ------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import httpx
 
 from phx.config import HostPort
 
-from . import account, connections, groups
+from . import account, aliases, connections, groups
 from .session import Event, Session, wall_clock
 from .state import ClientState, Contact, GroupRow, Identity, MessageRow, RequestRow
 from .sync import sync
@@ -126,6 +126,18 @@ class PhxClient:
 
     async def connect(self, user: str) -> RequestRow:
         return await connections.connect(self.session, user)
+
+    async def connect_alias(self, alias: str) -> RequestRow:
+        return await aliases.connect_alias(self.session, alias)
+
+    async def add_alias(self, alias: str) -> str:
+        return (await aliases.add_alias(self.session, alias)).alias
+
+    async def remove_alias(self, alias: str) -> None:
+        await aliases.remove_alias(self.session, alias)
+
+    def aliases(self) -> list[str]:
+        return aliases.list_aliases(self.session)
 
     def requests(self, *, pending_only: bool = True) -> list[connections.RequestView]:
         return connections.list_requests(self.session, pending_only=pending_only)

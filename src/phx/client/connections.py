@@ -33,6 +33,7 @@ from phx.identifiers import ClientId, UserId
 from phx.mls.group import Group
 from phx.queuing.messages import UpdateUserRecordParams
 
+from .aliases import ALIAS_PREFIX, NOBODY, deliver_to_alias
 from .groups import delete_group_row, leave_row, send_payload
 from .session import GROUP_CONFIG, ClientError, Event, Session, check_leaf, member_row
 from .state import Contact, GroupRow, RequestRow
@@ -111,7 +112,7 @@ async def connect(s: Session, user_text: str) -> RequestRow:
     check_connection_package(package, package.client_credential, now)
     await s.creds.verify_client(package.client_credential)
     await s.learn_name(user_id)
-    row, _ = await _new_connection_group(s)
+    row, _ = await new_connection_group(s)
     cep = sign_connection_establishment_package(
         me.cred, me.signing_key, row.group_id, row.ear_key, row.credential_key
     )
@@ -124,7 +125,7 @@ async def connect(s: Session, user_text: str) -> RequestRow:
     return request
 
 
-async def _new_connection_group(s: Session) -> tuple[GroupRow, Group]:
+async def new_connection_group(s: Session) -> tuple[GroupRow, Group]:
     from .groups import new_group
 
     return await new_group(s, "", "connection")
@@ -133,6 +134,9 @@ async def _new_connection_group(s: Session) -> tuple[GroupRow, Group]:
 async def _deliver(s: Session, request_id: int) -> None:
     request = s.state.request(request_id)
     assert request is not None
+    if request.target.startswith(ALIAS_PREFIX):
+        await deliver_to_alias(s, request_id)
+        return
     target = ClientId.parse(request.target)
     await s.api.enqueue_message(EnqueueMessageParams(target, request.package))
     with s.state.tx() as c:
@@ -304,10 +308,15 @@ def receive_friendship(
     contact = s.state.contact(sender)
     if contact is None or contact.group_id != row.group_id:
         request = s.state.request_by_group(row.group_id)
-        if request is None or request.direction != "out" or request.user_id != sender:
+        to_alias = request is not None and request.target.startswith(ALIAS_PREFIX)
+        if request is None or request.direction != "out" or (request.user_id != sender and not to_alias):
             raise ValidationError("friendship keys in a connection group with no connection")
+        if s.state.contact(sender) is not None:
+            raise ValidationError(f"{s.label(sender)} is already a contact")
         contact = Contact(sender, row.group_id, None, None, None, s.clock())
         s.state.set_request_status(c, request.id, "accepted")
+        if to_alias:
+            s.state.set_request_user(c, request.id, sender)
         events.append(Event("connected", sender=s.label(sender), request_id=request.id))
     elif contact.friendship_token is None:
         events.append(Event("ready", sender=s.label(sender)))
@@ -383,7 +392,10 @@ def list_requests(s: Session, *, pending_only: bool = True) -> list[RequestView]
         if r.direction == "in":
             cep = ConnectionEstablishmentPackage.decode(r.package)
             fingerprint = cep.sender_client_credential.fingerprint().hex()
-        out.append(RequestView(r.id, r.direction, s.label(r.user_id), r.status, fingerprint))
+        who = s.label(r.user_id)
+        if r.target.startswith(ALIAS_PREFIX) and r.user_id.user_id == NOBODY:
+            who = r.target  # an alias whose owner has not answered
+        out.append(RequestView(r.id, r.direction, who, r.status, fingerprint))
     return out
 
 

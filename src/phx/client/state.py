@@ -27,6 +27,7 @@ __all__ = [
     "STEP_NEW",
     "STEP_QS_DONE",
     "STEP_READY",
+    "AliasRow",
     "ClientState",
     "Contact",
     "GroupRow",
@@ -75,6 +76,10 @@ CREATE TABLE groups (
 CREATE TABLE members (
     group_id TEXT NOT NULL, leaf INTEGER NOT NULL, client_id TEXT NOT NULL, user_id TEXT NOT NULL,
     credential BLOB NOT NULL, PRIMARY KEY (group_id, leaf)
+);
+CREATE TABLE aliases (
+    alias TEXT PRIMARY KEY, auth_key BLOB NOT NULL, queue_key BLOB NOT NULL, reader BLOB NOT NULL,
+    created_at INTEGER NOT NULL
 );
 CREATE TABLE messages (
     id INTEGER PRIMARY KEY, group_id TEXT NOT NULL, sender TEXT NOT NULL, text TEXT NOT NULL,
@@ -156,6 +161,15 @@ class MemberRow:
     client_id: ClientId
     user_id: UserId
     credential: ClientCredential
+
+
+@dataclass(frozen=True, slots=True)
+class AliasRow:
+    alias: str  # ``name@domain``
+    auth_key: bytes
+    queue_key: bytes
+    reader: bytes  # the alias queue's QueueReader
+    created_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +396,9 @@ class ClientState:
         ).fetchone()
         return None if row is None else _request(row)
 
+    def set_request_user(self, c: sqlite3.Connection, request_id: int, user_id: UserId) -> None:
+        c.execute("UPDATE requests SET user_id = ? WHERE id = ?", (str(user_id), request_id))
+
     def set_request_status(self, c: sqlite3.Connection, request_id: int, status: str) -> None:
         c.execute("UPDATE requests SET status = ? WHERE id = ?", (status, request_id))
 
@@ -449,6 +466,21 @@ class ClientState:
 
     def delete_member(self, c: sqlite3.Connection, group_id: GroupId, leaf: int) -> None:
         c.execute("DELETE FROM members WHERE group_id = ? AND leaf = ?", (str(group_id), leaf))
+
+    # --- aliases -------------------------------------------------------------------------------------
+
+    def aliases(self) -> list[AliasRow]:
+        rows = self.db.execute("SELECT * FROM aliases ORDER BY created_at, alias").fetchall()
+        return [AliasRow(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3]), int(r[4])) for r in rows]
+
+    def put_alias(self, c: sqlite3.Connection, a: AliasRow) -> None:
+        c.execute(
+            "INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?, ?)",
+            (a.alias, a.auth_key, a.queue_key, a.reader, a.created_at),
+        )
+
+    def delete_alias(self, c: sqlite3.Connection, alias: str) -> None:
+        c.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
 
     # --- messages ------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from phx.queuing.messages import (
 )
 
 from .account import publish_key_packages
+from .aliases import alias_items, store_alias_reader
 from .api import DsAuth
 from .connections import (
     receive_establishment,
@@ -99,6 +100,7 @@ async def sync(s: Session) -> list[Event]:
         await resume_joins(s)
         await resume_requests(s)
         await _drain_as(s, events)
+        await _drain_aliases(s, events)
         await _drain_qs(s, events)
         await _after(s, events)
         return events
@@ -116,9 +118,23 @@ async def _drain_as(s: Session, events: list[Event]) -> None:
         params = AsDequeueParams(reader.next_sequence, BATCH)
         response = await s.api.dequeue_messages(me.client_id.domain, params, s.client_auth())
         for item in response.messages:
-            await _handle(s, "as_reader", item, events, _direct_item)
+            await _handle(s, _meta_reader(s, "as_reader"), item, events, _direct_item)
         if response.remaining_messages_number == 0 or not response.messages:
             return
+
+
+async def _drain_aliases(s: Session, events: list[Event]) -> None:
+    for alias in s.state.aliases():
+        address = alias.alias
+        while True:
+            row = next((a for a in s.state.aliases() if a.alias == address), None)
+            if row is None:
+                break
+            items, remaining = await alias_items(s, row)
+            for item in items:
+                await _handle(s, _alias_reader(s, address), item, events, _direct_item)
+            if remaining == 0 or not items:
+                break
 
 
 async def _drain_qs(s: Session, events: list[Event]) -> None:
@@ -129,7 +145,7 @@ async def _drain_qs(s: Session, events: list[Event]) -> None:
         params = DequeueMessagesParams(me.qs_cid, reader.next_sequence, BATCH)
         response = await s.api.dequeue(me.client_id.domain, params, s.qs_auth())
         for item in response.messages:
-            await _handle(s, "qs_reader", item, events, _fan_out_item)
+            await _handle(s, _meta_reader(s, "qs_reader"), item, events, _fan_out_item)
         if response.remaining_messages_number == 0 or not response.messages:
             return
 
@@ -141,11 +157,33 @@ def _reader(s: Session, key: str) -> QueueReader:
     return QueueReader.from_bytes(data, CS)
 
 
+@dataclass(frozen=True, slots=True)
+class _ReaderSlot:
+    """Where one queue's reader is kept: how to load it and how to store it (in the item's transaction)."""
+
+    load: Callable[[], QueueReader]
+    save: Callable[[sqlite3.Connection, QueueReader], None]
+
+
+def _meta_reader(s: Session, key: str) -> _ReaderSlot:
+    return _ReaderSlot(lambda: _reader(s, key), lambda c, r: s.state.put(c, key, r.to_bytes()))
+
+
+def _alias_reader(s: Session, address: str) -> _ReaderSlot:
+    def load() -> QueueReader:
+        row = next(a for a in s.state.aliases() if a.alias == address)
+        return QueueReader.from_bytes(row.reader, CS)
+
+    return _ReaderSlot(load, lambda c, r: store_alias_reader(s, c, address, r.to_bytes()))
+
+
 Handler = Callable[[Session, bytes, _Item], object]
 
 
-async def _handle(s: Session, key: str, item: QueueMessage, events: list[Event], handler: Handler) -> None:
-    reader = _reader(s, key)
+async def _handle(
+    s: Session, slot: _ReaderSlot, item: QueueMessage, events: list[Event], handler: Handler
+) -> None:
+    reader = slot.load()
     result = _Item()
     try:
         plaintext = reader.read(item)
@@ -163,7 +201,7 @@ async def _handle(s: Session, key: str, item: QueueMessage, events: list[Event],
     with s.state.tx() as c:
         for write in result.writes:
             write(c)
-        s.state.put(c, key, reader.to_bytes())
+        slot.save(c, reader)
     events.extend(result.events)
     events.extend(make() for make in result.late)
 
