@@ -23,6 +23,7 @@ import uvicorn
 
 from phx.config import Config, HostPort
 from phx.federation.discovery import Resolver
+from phx.federation.instances import PgListenerRegistry
 from phx.federation.service import FederationService
 from phx.server import uvicorn_config
 from phx.storage import Database, open_database
@@ -112,6 +113,7 @@ class Node:
     _stack: AsyncExitStack | None = None
     _server: Server | None = None
     starts: int = 0
+    listeners: PgListenerRegistry | None = None
 
     @property
     def fed(self) -> FederationService:
@@ -129,9 +131,22 @@ class Node:
             db = await open_database(self.db_url)
             stack.push_async_callback(db.close)
             resolver = Resolver(self.net.overrides)
+            listeners = None
+            if self.db_url.startswith("postgres"):
+                # Several instances may share this database: wake-ups must reach all of them.
+                listeners = PgListenerRegistry(self.db_url)
+                await listeners.start()
+                stack.push_async_callback(listeners.stop)
+            self.listeners = listeners
             kwargs = {"owner": f"{self.domain}#{id(self)}#{self.starts}", **self.fed_kwargs}
             hs = await make_homeserver(
-                self.config, db, None, resolver=resolver, database_url=self.db_url, **kwargs
+                self.config,
+                db,
+                None,
+                listeners=listeners,
+                resolver=resolver,
+                database_url=self.db_url,
+                **kwargs,
             )
             app = hs.app()
             self._server = Server(uvicorn_config(app, self.config, port=self.port))

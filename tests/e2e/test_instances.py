@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
 from phx.identifiers import Fqdn
+from tests.federation.helpers import fan_out, new_group
 from tests.fixtures.db import POSTGRES_URL, require_postgres, with_search_path
 
 from .harness import Net, wait_for
@@ -47,6 +48,15 @@ async def test_two_instances_of_one_homeserver(pg_urls: list[str], net: Net) -> 
     proxy = await net.proxy("a.test")  # one address for a.test, requests spread over both instances
     a_members = [await a1.register(), await a2.register(), await a1.register()]
     b_members = [await b.register() for _ in range(2)]
+    # A live listener connected to a2 is woken by a delivery that a1 made (LISTEN/NOTIFY).
+    assert a1.listeners is not None and a2.listeners is not None
+    listener = await a2.register()
+    queue_id = listener.qs_cid.client_id.bytes
+    sub = a2.listeners.subscribe(queue_id)
+    await wait_for(async_true(lambda: a1.listeners.is_listening(queue_id)), 5)  # type: ignore[union-attr]
+    await a1.hs.qs.enqueue_fan_out(fan_out([listener.queue_config()], new_group(Fqdn("a.test")), b"hi"))
+    assert await asyncio.wait_for(sub.wait(), 5) == 2  # the queue's key item, then this message
+    sub.close()
     # a -> b: groups on a.test, fan-outs submitted to both instances in turn. (PostgreSQL commits cost
     # ~10 ms here; many groups in parallel let the QS share commits.)
     out = Traffic(Fqdn("a.test"), [[a_members[g % 3], *b_members[: 1 + g % 2]] for g in range(8)])
@@ -67,3 +77,10 @@ async def test_two_instances_of_one_homeserver(pg_urls: list[str], net: Net) -> 
         (row,) = await a2.fed.store.destinations(conn)
         assert await conn.fetchval("SELECT COUNT(*) FROM fed_outbox") == 0
     assert row.dropped_total == 0 and row.lease_owner in (None, a2.fed.sender.owner)  # type: ignore[union-attr]
+
+
+def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        return check()
+
+    return wrapped

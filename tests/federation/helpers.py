@@ -21,6 +21,7 @@ from phx.identifiers import Fqdn, GroupId, QsCid
 from phx.mls.messages import MLSMessage, PrivateMessage
 from phx.mls.messages.common import ContentType
 from phx.queues import QueueReader
+from phx.queuing.listeners import ListenerRegistry
 from phx.queuing.messages import (
     ClientQueueConfig,
     CreateUserRecordParams,
@@ -103,6 +104,8 @@ async def make_homeserver(
     config: Config,
     db: Database,
     transport: httpx.AsyncBaseTransport | None,
+    *,
+    listeners: ListenerRegistry | None = None,
     **fed_kwargs: Any,
 ) -> Homeserver:
     """``transport`` None: real HTTPS from the config (TLS verified against ``federation.ca_file``)."""
@@ -121,6 +124,7 @@ async def make_homeserver(
         clock=lambda: int(time.time()),
         redeemer=AcceptAll(),
         forwarder=fed.forwarder,
+        listeners=listeners,
     )
     fed.bind(qs)
     return Homeserver(config.server.domain, config, db, qs, fed, registry)
