@@ -21,9 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     return parser
 
 
-def build_services(config: Config, db: Database, registry: Registry) -> Sequence[Service]:
-    """The services named in ``server.services``; each one is wired here as it lands."""
-    return []
+async def build_services(config: Config, db: Database, registry: Registry) -> Sequence[Service]:
+    """The services named in ``server.services`` (:mod:`phx.server.wiring`)."""
+    from phx.server.wiring import build_services as wire
+
+    return await wire(config, db, registry)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from .metrics import Registry
 log = logging.getLogger("phx.server")
 
 #: Builds the services this process runs from the config, the open database and the metrics registry.
-ServiceFactory = Callable[[Config, Database, Registry], Sequence[Service]]
+ServiceFactory = Callable[[Config, Database, Registry], Awaitable[Sequence[Service]]]
 
 
 def uvicorn_config(app: Starlette, config: Config, *, port: int | None = None) -> uvicorn.Config:
@@ -123,7 +123,7 @@ async def serve(config: Config, build_services: ServiceFactory | None = None) ->
     db = await open_database(config.server.database_url)
     try:
         registry = Registry()
-        services = list(build_services(config, db, registry)) if build_services is not None else []
+        services = list(await build_services(config, db, registry)) if build_services is not None else []
         missing = sorted(str(n) for n in config.server.services if str(n) not in {s.name for s in services})
         if missing:
             log.warning("configured services not available in this build: %s", ", ".join(missing))
