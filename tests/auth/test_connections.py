@@ -78,7 +78,7 @@ async def test_user_packages_are_consumed_except_the_last(db: Database) -> None:
 
 async def test_a_clients_last_resort_waits_for_other_clients_packages(db: Database) -> None:
     service = await make_service(db)
-    alice = await Client.new(service).register(packages=1)
+    alice = await Client.new(service).register(packages=1, login=True)
     phone = await add_client(alice, alice.password)
     await phone.fetch_tokens(1)
     await phone.call(
@@ -307,7 +307,7 @@ async def test_deleting_a_user_deletes_its_queue(db: Database) -> None:
     from phx.auth.messages import DeleteUserParams
 
     service = await make_service(db)
-    alice = await Client.new(service).register()
+    alice = await Client.new(service).register(login=True)
     bob = await Client.new(service).register(tokens=20)
     await anonymous(bob, "enqueue_message", EnqueueMessageParams(alice.client_id, b"hi"))
     await alice.call("delete_user", DeleteUserParams(await alice.second_factor()))

@@ -207,7 +207,7 @@ async def add_client(service_client: Client, password: bytes) -> Client:
 
 async def test_client_addition_with_the_password(db: Database) -> None:
     service = await make_service(db)
-    alice = await Client.new(service).register(tokens=0)
+    alice = await Client.new(service).register(tokens=0, login=True)
     phone = await add_client(alice, alice.password)
     assert phone.cred.client_id.user_id == alice.user_id
     await phone.fetch_tokens(2)
@@ -266,7 +266,7 @@ async def test_client_addition_for_unknown_user_or_taken_client_id(db: Database)
 async def test_delete_client_with_2fa_revokes_its_credential(db: Database) -> None:
     clock = FakeClock()
     service = await make_service(db, clock)
-    alice = await Client.new(service).register()
+    alice = await Client.new(service).register(login=True)
     phone = await add_client(alice, alice.password)
     ke3 = await alice.second_factor()
     await alice.call("delete_client", DeleteClientParams(phone.client_id, ke3))
@@ -289,7 +289,7 @@ async def test_delete_client_with_2fa_revokes_its_credential(db: Database) -> No
 
 async def test_delete_client_rules(db: Database) -> None:
     service = await make_service(db)
-    alice = await Client.new(service).register(tokens=10)
+    alice = await Client.new(service).register(tokens=10, login=True)
     bob = await Client.new(service).register(tokens=0)
     # Another user's client: forbidden (before the KE3 is even looked at).
     with pytest.raises(Forbidden):
@@ -306,7 +306,7 @@ async def test_delete_client_rules(db: Database) -> None:
 async def test_delete_user_needs_the_password(db: Database) -> None:
     clock = FakeClock()
     service = await make_service(db, clock)
-    alice = await Client.new(service).register()
+    alice = await Client.new(service).register(login=True)
     # A stolen device without the password: the KE3 cannot be computed, a forged one fails.
     await alice.second_factor()
     with pytest.raises(OpaqueAuthError):
@@ -339,7 +339,7 @@ async def test_password_guessing_is_throttled_per_user(db: Database) -> None:
 
     clock = FakeClock()
     service = await make_service(db, clock)
-    alice = await Client.new(service).register(tokens=0)
+    alice = await Client.new(service).register(tokens=0, login=True)
 
     async def guess() -> None:
         device = Client.new(service, alice.user_id)

@@ -20,7 +20,7 @@ async def count(db: Database, table: str) -> int:
 async def test_housekeeping_purges_what_expired(db: Database) -> None:
     clock = FakeClock()
     service = await make_service(db, clock)
-    alice = await Client.new(service).register(tokens=5)
+    alice = await Client.new(service).register(tokens=5, login=True)
     await alice.call("update_user_profile", UpdateUserProfileParams(b"x"))  # spends a token
     await Client.new(service).init_registration()  # abandoned: stays pending
     await alice.second_factor()  # abandoned 2FA login
