@@ -14,11 +14,13 @@ from phx.federation.messages import (
     QsToQsBatch,
     QsToQsBatchResponse,
     QsToQsMessage,
+    content_of,
     digest_of,
 )
 from phx.identifiers import Fqdn
+from phx.queuing.messages import ClientQueueConfig, FanOutMessage, SealedQueueConfig
 
-from .helpers import fan_out, new_group
+from .helpers import fan_out, message, new_group
 
 A, B = Fqdn("a.test"), Fqdn("b.test")
 SK, PK = SUITE_1.generate_signature_key_pair()
@@ -85,3 +87,12 @@ def test_decoding_arbitrary_bytes_fails_cleanly(data: bytes) -> None:
             cls.decode(data)
         except DecodeError:
             pass
+
+
+def test_content_is_sliced_from_the_signed_bytes() -> None:
+    configs = tuple(
+        ClientQueueConfig(B, SealedQueueConfig(os.urandom(32), os.urandom(n))) for n in (40, 70, 300)
+    )
+    payload = FanOutMessage(configs, message(new_group(A), b"x" * 500))
+    msg = QsToQsMessage.sign(os.urandom(16), 5, A, B, payload, SK)
+    assert content_of(msg.tbs()) == payload.message_content.encode()

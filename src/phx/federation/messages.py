@@ -24,7 +24,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Annotated
 
-from phx.codec import U8, U32, U64, Fixed, MaxLen, Struct, WireEnum, Writer, encode_varint
+from phx.codec import U8, U32, U64, Fixed, MaxLen, Struct, WireEnum, Writer, decode_varint, encode_varint
 from phx.crypto import PHX_PREFIX, SUITE_1, CipherSuite
 from phx.identifiers import Fqdn
 from phx.queuing.messages import FanOutMessage, QueueDeleted
@@ -39,6 +39,7 @@ __all__ = [
     "QsToQsBatch",
     "QsToQsBatchResponse",
     "QsToQsMessage",
+    "content_of",
     "digest_of",
 ]
 
@@ -136,6 +137,17 @@ class QsToQsMessage(Struct):
 
 def digest_of(tbs: bytes) -> bytes:
     return hashlib.sha256(tbs).digest()
+
+
+def content_of(tbs: bytes) -> bytes:
+    """The encoded ``MessageContent`` inside the signed bytes of a frame that decoded (so the layout is
+    known good): sliced out, so the receiver need not encode it again for the queues."""
+    pos = MESSAGE_ID_LENGTH + 8
+    for _ in range(2):  # source, destination
+        n, pos = decode_varint(tbs, pos)
+        pos += n
+    n, pos = decode_varint(tbs, pos)  # the client_queue_configs vector
+    return tbs[pos + n :]
 
 
 Frame = Annotated[bytes, MaxLen(MAX_FRAME_SIZE)]

@@ -93,8 +93,15 @@ class LocalQueues(Protocol):
 
     def unseal(self, config: ClientQueueConfig) -> core.Unsealed | None: ...
 
-    async def enqueue(self, conn: Connection, fan_outs: Sequence[FanOutMessage], now: int) -> EnqueueOutcome:
-        """Deliver fan-outs (every config for this domain) to local queues, in order, inside ``conn``."""
+    async def enqueue(
+        self,
+        conn: Connection,
+        fan_outs: Sequence[FanOutMessage],
+        now: int,
+        contents: Sequence[bytes] | None = None,
+    ) -> EnqueueOutcome:
+        """Deliver fan-outs (every config for this domain) to local queues, in order, inside ``conn``.
+        ``contents``: each fan-out's ``MessageContent`` already encoded (saves encoding it again)."""
         ...
 
     async def after_commit(self, deliveries: Sequence[core.Delivery]) -> None: ...
@@ -118,15 +125,26 @@ class QsQueues:
     def unseal(self, config: ClientQueueConfig) -> core.Unsealed | None:
         return self.service.fan_out.unseal(config)
 
-    async def enqueue(self, conn: Connection, fan_outs: Sequence[FanOutMessage], now: int) -> EnqueueOutcome:
+    async def enqueue(
+        self,
+        conn: Connection,
+        fan_outs: Sequence[FanOutMessage],
+        now: int,
+        contents: Sequence[bytes] | None = None,
+    ) -> EnqueueOutcome:
         s = self.service
         jobs = []
-        for fan_out in fan_outs:
+        stamp = now.to_bytes(8, "big")
+        for i, fan_out in enumerate(fan_outs):
             classified = core.classify_configs(fan_out.client_queue_configs, s.domain, s.fan_out.unseal)
             if classified.remote:
                 raise ValueError("a federated fan-out may only name local queues")  # the receiver checks
             content = fan_out.message_content
-            jobs.append((classified, content.group_id(), FanOutQueuePayload(now, content).encode()))
+            # FanOutQueuePayload is {u64 timestamp, MessageContent}: prefix the bytes we already have.
+            payload = (
+                stamp + contents[i] if contents is not None else FanOutQueuePayload(now, content).encode()
+            )
+            jobs.append((classified, content.group_id(), payload))
         owners = {r.unsealed.queue_id: r.unsealed.qs_uid for c, _, _ in jobs for r in c.local}
         targets, states = await s.store.lock_delivery_targets(conn, owners)
         changed: dict[bytes, QueueState] = {}

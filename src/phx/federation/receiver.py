@@ -44,6 +44,7 @@ from .messages import (
     QsToQsBatch,
     QsToQsBatchResponse,
     QsToQsMessage,
+    content_of,
     digest_of,
 )
 from .metrics import FederationMetrics
@@ -82,6 +83,7 @@ class _Frame:
     error: str = ""
     message: QsToQsMessage | None = None
     digest: bytes = b""
+    content: bytes = b""
     results: list[QueueDeleted] = field(default_factory=list)
 
 
@@ -183,9 +185,12 @@ class Receiver:
         if not f.error:
             f.message = msg
             f.digest = digest_of(tbs)
+            f.content = content_of(tbs)
         return f
 
     def _rate_keys(self, fan_out: FanOutMessage) -> tuple[list[bytes], list[bytes]]:
+        if self.per_config.unlimited:
+            return [], []
         configs: list[bytes] = []
         queues: list[bytes] = []
         for c in fan_out.client_queue_configs:
@@ -235,7 +240,10 @@ class Receiver:
                 results.append(MessageResult(f.message_id, MessageStatus.ACCEPTED, (), ""))
             if accepted:
                 outcome = await self.queues.enqueue(
-                    conn, [f.message.payload for _, f in accepted if f.message is not None], int(now)
+                    conn,
+                    [f.message.payload for _, f in accepted if f.message is not None],
+                    int(now),
+                    [f.content for _, f in accepted],
                 )
                 deliveries = outcome.deliveries
                 for (index, f), deleted in zip(accepted, outcome.deleted, strict=True):
