@@ -9,11 +9,12 @@ from phx.delivery.core import PendingProposals
 from phx.delivery.messages import Operation, SendMessageParams
 from phx.delivery.state import month_start, next_month
 from phx.errors import NotFound, Unavailable, WrongEpoch
+from phx.identifiers import Fqdn
 from phx.mls.group_state import ProposalReceived
 from phx.mls.messages import MLSMessage, Remove, SenderType
 from phx.queuing.messages import MessageContentType, QueueDeleted
 from phx.storage import Database
-from tests.delivery.helpers import Client, Harness, fan_out_targets
+from tests.delivery.helpers import DOMAIN, Client, Harness, fan_out_targets
 
 DAY = 86400
 
@@ -79,7 +80,10 @@ async def test_deleted_queue_becomes_a_removal_proposal(h: Harness) -> None:
 
 async def test_queue_deleted_reports_from_federation(h: Harness) -> None:
     alice, bob, carol = await three(h)
-    await h.service.queue_deleted([QueueDeleted(bob.qc, h.group_id)])
+    # a homeserver may only report its own queues gone
+    await h.service.queue_deleted([QueueDeleted(carol.qc, h.group_id)], source=Fqdn("other.example"))
+    assert await count(h, "ds_deleted_queues") == 0
+    await h.service.queue_deleted([QueueDeleted(bob.qc, h.group_id)], source=DOMAIN)
     await send(h, carol)
     removal, _ = h.sink.take()
     assert isinstance(removal.message_content.body, MLSMessage)

@@ -569,10 +569,17 @@ class DsService:
 
     # --- QS reports and expiry -----------------------------------------------------------------------
 
-    async def queue_deleted(self, reports: Sequence[QueueDeleted]) -> None:
-        """QueueDeleted reports arriving later (from federated QSs, via the local QS)."""
+    async def queue_deleted(self, reports: Sequence[QueueDeleted], *, source: Fqdn | None = None) -> None:
+        """QueueDeleted reports arriving later (from federated QSs, via the local QS). With ``source`` (the
+        reporting homeserver), reports about other homeservers' queues are dropped: a QS may only declare
+        its own queues gone (each report becomes a removal proposal)."""
         by_group: dict[GroupId, list[QueueDeleted]] = {}
         for r in reports:
+            if source is not None and r.client_queue_config.client_homeserver_domain != source:
+                log.warning(
+                    "dropping a QueueDeleted report from %s about a queue of another homeserver", source
+                )
+                continue
             by_group.setdefault(r.group_id, []).append(r)
         async with self.db.transaction() as conn:
             for gid, items in by_group.items():
