@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from phx.cli.client import main
 from tests.client.harness import Net, homeservers
 
 
@@ -73,9 +74,11 @@ class Cli:
 
 async def test_full_conversation_through_the_cli(net: Net, tmp_path: Path) -> None:
     alice, bob = Cli(net, tmp_path / "alice"), Cli(net, tmp_path / "bob")
-    (reg,) = await alice.json("register", "alice@a.test", "--password-stdin", stdin="pw-a\n")
+    ((reg,), (me,)) = await asyncio.gather(
+        alice.json("register", "alice@a.test", "--password-stdin", stdin="pw-a\n"),
+        bob.json("register", "bob@b.test", "--password-stdin", stdin="pw-b\n"),
+    )
     assert reg["user"] == "alice@a.test" and len(reg["fingerprint"]) == 64
-    (me,) = await bob.json("register", "bob@b.test", "--password-stdin", stdin="pw-b\n")
     assert me["user"] == "bob@b.test" and me["registered"] is True
 
     (sent,) = await alice.json("connect", "bob@b.test")
@@ -89,8 +92,6 @@ async def test_full_conversation_through_the_cli(net: Net, tmp_path: Path) -> No
     _, events = await alice.wait_for("connected")
     assert [e["sender"] for e in events if e["event"] == "connected"] == ["bob@b.test"]
     await bob.wait_for("ready")
-    (contact,) = await alice.json("contacts")
-    assert contact["user"] == "bob@b.test" and contact["ready"] and len(contact["fingerprints"]) == 1
 
     (group,) = await alice.json("group", "create", "book club")
     assert group["group"] == "book club"
@@ -114,11 +115,22 @@ async def test_full_conversation_through_the_cli(net: Net, tmp_path: Path) -> No
         ("book club", "bob@b.test", "almost, give me a day")
     ]
 
-    # errors: one clear line, non-zero exit
-    code, out, err = await alice.run("send", "no such group", "x", ok=False)
-    assert code == 1 and out == ""
-    assert err.strip().splitlines() == [
+
+def test_errors_are_one_line_and_exit_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = ["--home", str(tmp_path / "home")]
+    assert main([*home, "send", "no such group", "x"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
         "phx client: error: no group named 'no such group' (see: phx client groups)"
     ]
-    code, _, err = await bob.run("register", "bob@b.test", "--password-stdin", stdin="x\n", ok=False)
-    assert code == 1 and "already registered" in err
+    assert main([*home, "--json", "whoami"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "phx client: error: this client is not registered (run: phx client register USER@DOMAIN)"
+    ]
+    assert main([*home, "disconnect", "not an address"]) == 1
+    assert "expected USER@DOMAIN" in capsys.readouterr().err
+    assert main([*home, "register", "alice@a.test", "--password-stdin"]) == 1  # stdin is empty
+    assert capsys.readouterr().err.splitlines() == ["phx client: error: the password is empty"]
+    with pytest.raises(SystemExit) as e:
+        main([*home, "frobnicate"])
+    assert e.value.code == 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from starlette.routing import BaseRoute
@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute
 from phx.auth import AsCredentialSet, AsService
 from phx.auth.messages import AsCredentialsResponse, AsRequest
 from phx.cli.dev_setup import DevSetup, write_dev_setup
-from phx.client.demo import Homeserver, free_ports, local_homeservers
+from phx.client.demo import AsyncServiceFactory, Homeserver, free_ports, local_homeservers
 from phx.config import Config
 from phx.delivery import DsService, LocalQsSink
 from phx.errors import NotFound
@@ -86,6 +86,16 @@ class DsReports:
 
 async def phx_services(config: Config, db: Database, registry: Registry) -> Sequence[ServerService]:
     """AS, QS, DS and federation of one homeserver on one database, every piece explicit."""
+    return await _services(config, db, registry)
+
+
+async def rotating_services(config: Config, db: Database, registry: Registry) -> Sequence[ServerService]:
+    """Like :func:`phx_services`, but every queue gets a ratchet key update before every message."""
+    config = replace(config, qs=replace(config.qs, ratchet_key_rotation_interval=0))
+    return await _services(config, db, registry)
+
+
+async def _services(config: Config, db: Database, registry: Registry) -> Sequence[ServerService]:
     await migrate_all(db, ["core", "as", "qs", "ds", "federation"])
     domain = config.server.domain
 
@@ -122,8 +132,6 @@ def allow_responder_external_commit_info(ds: DsService) -> None:
     fetches the connection group's external commit information knowing only the EAR key (book:
     connection_establishment.md), like ``join_connection_group``; the DS still demands a member's
     DsAuthToken. Until the DS accepts it, the tests run the endpoint without sender authentication."""
-    from dataclasses import replace
-
     from phx.delivery.messages import Operation
 
     ops = ds._ops
@@ -145,7 +153,11 @@ class Net:
 
 
 @asynccontextmanager
-async def homeservers(directory: Path, domains: Sequence[str] = ("a.test", "b.test")) -> AsyncIterator[Net]:
+async def homeservers(
+    directory: Path,
+    domains: Sequence[str] = ("a.test", "b.test"),
+    factory: AsyncServiceFactory = phx_services,
+) -> AsyncIterator[Net]:
     setup = write_dev_setup(directory, domains, ports=free_ports(len(domains)))
-    async with local_homeservers(list(setup.configs.values()), phx_services) as servers:
+    async with local_homeservers(list(setup.configs.values()), factory) as servers:
         yield Net(setup, servers)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from phx.auth.opaque import OpaqueAuthError
 from phx.client import ClientError, PhxClient, ServiceError
+from phx.client.account import PACKAGES_LEFT, packages_left
+from phx.queues import QueueItemType
 from phx.queuing.messages import AddPackageParams
 
 from .conftest import Clients, connect, has, sync_until
+from .harness import QsServer, homeservers, rotating_services
 
 
 async def test_cross_homeserver_conversation(clients: Clients) -> None:
@@ -159,3 +165,54 @@ async def test_connect_by_alias(clients: Clients) -> None:
     assert bob.aliases() == []
     with pytest.raises(ServiceError, match="no connection package"):
         await alice.connect_alias("Bobby Tables@b.test")
+
+
+async def test_queue_key_updates_are_followed(tmp_path: Path) -> None:
+    """With a ratchet key update before every queued item, the clients still read both their queues."""
+    async with homeservers(tmp_path / "dev", factory=rotating_services) as rotating:
+        clients = Clients(rotating, tmp_path / "homes")
+        try:
+            alice = await clients.user("alice@a.test")
+            bob = await clients.user("bob@b.test")
+            await connect(alice, bob)
+            await alice.create_group("g")
+            await alice.invite("g", "bob@b.test")
+            await sync_until(bob, has("joined"))
+            qs = next(s for s in rotating.servers[1].services if isinstance(s, QsServer)).qs
+            await alice.send("g", "after many key updates")
+            # look into bob's queue before he reads it: a key update precedes the message
+            cid = bob.session.me().qs_cid
+            assert cid is not None
+
+            async def queued() -> list[QueueItemType]:
+                return [i.item_type for i in await qs.queue_items(cid)]
+
+            for _ in range(100):
+                if QueueItemType.MESSAGE in await queued():
+                    break
+                await asyncio.sleep(0.05)
+            types = await queued()
+            assert types[-2:] == [QueueItemType.KEY_UPDATE, QueueItemType.MESSAGE]
+            events = await sync_until(bob, has("message"))
+            assert [e.text for e in events if e.kind == "message"] == ["after many key updates"]
+        finally:
+            await clients.close()
+
+
+async def test_connection_and_key_packages_are_refilled(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    s = bob.session
+    assert packages_left(s) == 5 and len(s.state.connection_keys()) == 5
+    with s.state.tx() as c:
+        s.state.put(c, PACKAGES_LEFT, b"2")  # as if three requests had arrived before
+    await connect(alice, bob)
+    assert packages_left(s) == 6 and len(s.state.connection_keys()) == 10
+    # alice invites bob into groups until his published KeyPackages run low: he publishes new ones
+    assert s.state.unused_key_packages() == 5
+    for i in range(4):
+        await alice.create_group(f"g{i}")
+        await alice.invite(f"g{i}", "bob@b.test")
+        await sync_until(bob, has("joined", group=f"g{i}"))
+    assert s.state.unused_key_packages() == 6  # one left, then five more
+    assert sorted(g.name for g in bob.groups()) == ["g0", "g1", "g2", "g3"]

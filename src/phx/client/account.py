@@ -45,7 +45,15 @@ from .state import STEP_AS_DONE, STEP_NEW, STEP_QS_DONE, STEP_READY, Identity
 from .transport import ServiceError
 from .wire import CS, UserProfile, make_add_package, new_secret
 
-__all__ = ["delete_account", "publish_key_packages", "register", "upload_connection_packages", "whoami"]
+__all__ = [
+    "PACKAGES_LEFT",
+    "delete_account",
+    "packages_left",
+    "publish_key_packages",
+    "register",
+    "upload_connection_packages",
+    "whoami",
+]
 
 DAY = 86_400
 CREDENTIAL_LIFETIME = 180 * DAY
@@ -188,6 +196,17 @@ async def upload_connection_packages(s: Session, count: int = CONNECTION_PACKAGE
     await s.api.upload_connection_packages(
         me.client_id.domain, UploadUserIdPackages(tuple(packages)), s.client_auth()
     )
+    with s.state.tx() as c:
+        s.state.put(c, PACKAGES_LEFT, str(packages_left(s) + count).encode())
+
+
+#: Meta key: how many of our connection packages the AS probably still holds (each request uses one).
+PACKAGES_LEFT = "connection_packages_left"
+
+
+def packages_left(s: Session) -> int:
+    raw = s.state.get(PACKAGES_LEFT)
+    return CONNECTION_PACKAGES if raw is None else int(raw)
 
 
 async def _register_qs(s: Session, identity: Identity) -> Identity:

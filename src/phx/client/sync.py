@@ -43,7 +43,7 @@ from phx.queuing.messages import (
     WelcomeBundle,
 )
 
-from .account import publish_key_packages
+from .account import PACKAGES_LEFT, packages_left, publish_key_packages, upload_connection_packages
 from .aliases import alias_items, store_alias_reader
 from .api import DsAuth
 from .connections import (
@@ -219,6 +219,7 @@ async def _direct_item(s: Session, plaintext: bytes, out: _Item) -> None:
         box.append(
             s.state.add_request(c, "in", sender, cep.connection_group_id, cep.encode(), "pending", now)
         )
+        s.state.put(c, PACKAGES_LEFT, str(packages_left(s) - 1).encode())
 
     out.writes.append(write)
     out.late.append(lambda: Event("request", sender=label, request_id=box[0]))
@@ -464,3 +465,5 @@ async def _after(s: Session, events: list[Event]) -> None:
                 raise
     if s.state.unused_key_packages() < KEY_PACKAGE_LOW:
         await publish_key_packages(s)
+    if packages_left(s) <= 1:
+        await upload_connection_packages(s)
