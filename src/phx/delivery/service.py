@@ -238,8 +238,10 @@ class DsService:
                 WelcomeInfoParams, lambda p: p.group_id, "key_package",
                 lambda s, sid, p, now, past: operations.welcome_info(s, _sid(sid), p, past),
             ),
+            # No sender token: the connection responder is not a member yet (docs/decisions.md); the
+            # group state EAR key in the request authenticates, as for join_connection_group.
             Operation.EXTERNAL_COMMIT_INFO: _Op(
-                ExternalCommitInfoParams, lambda p: p.group_id, "leaf",
+                ExternalCommitInfoParams, lambda p: p.group_id, None,
                 lambda s, sid, p, now, _: operations.external_commit_info(s),
             ),
             Operation.ADD_USERS: _Op(

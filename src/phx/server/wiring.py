@@ -73,7 +73,8 @@ class _DsReports:
 
     async def queue_deleted(self, source: Fqdn, items: Sequence[QueueDeleted]) -> None:
         if self.ds is not None:
-            await self.ds.queue_deleted(items)
+            # A QS may only declare its own queues deleted: reports about others' queues are dropped.
+            await self.ds.queue_deleted(items, source=source)
 
 
 @dataclass
