@@ -16,18 +16,13 @@ from phx.config import Config
 from phx.server import Registry, Service
 from phx.server.wiring import build_homeserver
 from phx.storage import Database
-from tests.client.harness import allow_responder_external_commit_info
 
 DOMAINS = ["a.test", "b.test", "c.test"]
 
 
 async def services(config: Config, db: Database, registry: Registry) -> Sequence[Service]:
-    """The production wiring, plus the DS change connection establishment still needs (the responder
-    fetches the connection group's external commit information knowing only its EAR key; reported by the
-    client work, patched the same way as in tests/client)."""
+    """The production wiring, with federation timings for tests."""
     hs = await build_homeserver(config, db, registry, poll_interval=0.5, probe_interval=1.0)
-    if hs.delivery is not None:
-        allow_responder_external_commit_info(hs.delivery)
     return hs.services
 
 
