@@ -10,7 +10,7 @@ from phx.cli import serve
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from phx.demo import run
+    from phx.client.demo import run
 
     return run()
 
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phx", description="Phoenix homeserver (AS, DS, QS) and client")
     parser.add_argument("--version", action="version", version=f"phx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the end-to-end demo and check that every message arrived")
+    demo = sub.add_parser("demo", help="two homeservers on loopback, a conversation across them, checked end to end")
     demo.set_defaults(func=_demo)
     serve.add_parser(sub)
     return parser
