@@ -91,7 +91,7 @@ class LoggingQueueDeletedSink:
 
 
 class DsQueueDeleted(Protocol):
-    async def queue_deleted(self, reports: Sequence[QueueDeleted]) -> None: ...
+    async def queue_deleted(self, reports: Sequence[QueueDeleted], *, source: Fqdn | None = None) -> None: ...
 
 
 class DsSink:
@@ -101,7 +101,7 @@ class DsSink:
         self.ds = ds
 
     async def queue_deleted(self, source: Fqdn, items: Sequence[QueueDeleted]) -> None:
-        await self.ds.queue_deleted(items)
+        await self.ds.queue_deleted(items, source=source)
 
 
 def instance_id() -> str:
