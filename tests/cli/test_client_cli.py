@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
@@ -116,7 +117,10 @@ async def test_full_conversation_through_the_cli(net: Net, tmp_path: Path) -> No
     ]
 
 
-def test_errors_are_one_line_and_exit_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_one_line_and_exit_non_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     home = ["--home", str(tmp_path / "home")]
     assert main([*home, "send", "no such group", "x"]) == 1
     out, err = capsys.readouterr()

@@ -1,130 +1,43 @@
-"""Homeservers for the client tests: the service wiring ``phx serve`` needs (proposed to the lead as
-``build_services``; see the client report), started in-process over TLS by
-:func:`phx.client.demo.local_homeservers`."""
+"""Homeservers for the client tests: built by :mod:`phx.server.wiring` (as ``phx serve`` does) and started
+in-process over TLS by :func:`phx.client.demo.local_homeservers`."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from starlette.routing import BaseRoute
-
-from phx.auth import AsCredentialSet, AsService
-from phx.auth.messages import AsCredentialsResponse, AsRequest
 from phx.cli.dev_setup import DevSetup, write_dev_setup
 from phx.client.demo import AsyncServiceFactory, Homeserver, free_ports, local_homeservers
 from phx.config import Config
-from phx.delivery import DsService, LocalQsSink
-from phx.errors import NotFound
-from phx.federation.discovery import PeerClient
-from phx.federation.keyring import KeyFetchError, Keyring
-from phx.federation.service import FederationService
-from phx.identifiers import Fqdn, Service
-from phx.queuing.messages import QueueDeleted
-from phx.queuing.routes import qs_routes
+from phx.delivery import DsService
+from phx.queuing.routes import QsHttp
 from phx.queuing.service import QsService
 from phx.server import Registry
 from phx.server import Service as ServerService
-from phx.storage import Database, migrate_all
-
-
-class RemoteAsCredentials:
-    """The AS's :class:`~phx.auth.keys.AsCredentialSource` for other homeservers: ``get_as_credentials`` of
-    ``as.<domain>`` over TLS, cached in a federation keyring."""
-
-    def __init__(self, client: PeerClient, ttl: float) -> None:
-        self.keyring: Keyring[AsCredentialsResponse] = Keyring(self._fetch, clock=time.time, ttl=ttl)
-        self.client = client
-
-    async def _fetch(self, domain: Fqdn) -> AsCredentialsResponse | None:
-        body = AsRequest(b"", None, None, None).encode()
-        response = await self.client.post(domain, Service.AS, "get_as_credentials", body)
-        if response.status == 404:
-            raise NotFound(f"as.{domain} publishes no credentials")
-        if not response.ok:
-            raise KeyFetchError(f"as.{domain} answered {response.status} for its credentials")
-        return AsCredentialsResponse.decode(response.body)
-
-    async def credentials_for(self, domain: Fqdn, now: int) -> AsCredentialSet:
-        r = await self.keyring.get(domain)
-        return AsCredentialSet(
-            domain, r.as_credentials, r.as_intermediate_credentials, frozenset(r.revoked_certs)
-        )
-
-
-class QsServer:
-    """The QS as a server :class:`~phx.server.Service`."""
-
-    name = "qs"
-
-    def __init__(self, qs: QsService) -> None:
-        self.qs = qs
-
-    def routes(self) -> Sequence[BaseRoute]:
-        return qs_routes(self.qs)
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
-class DsReports:
-    """Where federation hands QueueDeleted reports from remote QSs: the local DS."""
-
-    def __init__(self) -> None:
-        self.ds: DsService | None = None
-
-    async def queue_deleted(self, source: Fqdn, items: Sequence[QueueDeleted]) -> None:
-        if self.ds is not None:
-            await self.ds.queue_deleted(items)
+from phx.server.wiring import Homeserver as WiredHomeserver
+from phx.server.wiring import build_homeserver
+from phx.storage import Database
 
 
 async def phx_services(config: Config, db: Database, registry: Registry) -> Sequence[ServerService]:
-    """AS, QS, DS and federation of one homeserver on one database, every piece explicit."""
-    return await _services(config, db, registry)
+    """The homeserver exactly as ``phx serve`` builds it (:mod:`phx.server.wiring`), with federation retries
+    quick enough for tests."""
+    return (await _homeserver(config, db, registry)).services
 
 
 async def rotating_services(config: Config, db: Database, registry: Registry) -> Sequence[ServerService]:
     """Like :func:`phx_services`, but every queue gets a ratchet key update before every message."""
     config = replace(config, qs=replace(config.qs, ratchet_key_rotation_interval=0))
-    return await _services(config, db, registry)
+    return (await _homeserver(config, db, registry)).services
 
 
-async def _services(config: Config, db: Database, registry: Registry) -> Sequence[ServerService]:
-    await migrate_all(db, ["core", "as", "qs", "ds", "federation"])
-    domain = config.server.domain
-
-    def clock() -> int:
-        return int(time.time())
-
-    reports = DsReports()
-    fed = FederationService(
-        config, db, registry=registry, sink=reports, poll_interval=0.5, probe_interval=1.0
-    )
-    as_service = AsService(
-        db,
-        domain,
-        config.as_,
-        clock=clock,
-        max_clock_skew=config.server.max_clock_skew,
-        remote_credentials=RemoteAsCredentials(fed.client, config.federation.key_cache_ttl),
-        ratchet_rotation_interval=config.qs.ratchet_key_rotation_interval,
-    )
-    qs = await QsService.open(
-        db, config.qs, domain, clock=clock, redeemer=as_service.redeemer, forwarder=fed.forwarder
-    )
-    fed.bind(qs)
-    ds = await DsService.open(
-        db, config.ds, domain, sink=LocalQsSink(qs), redeemer=as_service.redeemer, clock=clock
-    )
-    reports.ds = ds
-    allow_responder_external_commit_info(ds)
-    return [as_service, QsServer(qs), ds, fed]
+async def _homeserver(config: Config, db: Database, registry: Registry) -> WiredHomeserver:
+    hs = await build_homeserver(config, db, registry, poll_interval=0.5, probe_interval=1.0)
+    if hs.delivery is not None:
+        allow_responder_external_commit_info(hs.delivery)
+    return hs
 
 
 def allow_responder_external_commit_info(ds: DsService) -> None:
@@ -135,7 +48,12 @@ def allow_responder_external_commit_info(ds: DsService) -> None:
     from phx.delivery.messages import Operation
 
     ops = ds._ops
-    ops[Operation.EXTERNAL_COMMIT_INFO] = replace(ops[Operation.EXTERNAL_COMMIT_INFO], auth=None)
+    if ops[Operation.EXTERNAL_COMMIT_INFO].auth is not None:
+        ops[Operation.EXTERNAL_COMMIT_INFO] = replace(ops[Operation.EXTERNAL_COMMIT_INFO], auth=None)
+
+
+def queuing_service(server: Homeserver) -> QsService:
+    return next(s.service for s in server.services if isinstance(s, QsHttp))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from phx.queues import QueueItemType
 from phx.queuing.messages import AddPackageParams
 
 from .conftest import Clients, connect, has, sync_until
-from .harness import QsServer, homeservers, rotating_services
+from .harness import homeservers, queuing_service, rotating_services
 
 
 async def test_cross_homeserver_conversation(clients: Clients) -> None:
@@ -178,7 +178,7 @@ async def test_queue_key_updates_are_followed(tmp_path: Path) -> None:
             await alice.create_group("g")
             await alice.invite("g", "bob@b.test")
             await sync_until(bob, has("joined"))
-            qs = next(s for s in rotating.servers[1].services if isinstance(s, QsServer)).qs
+            qs = queuing_service(rotating.servers[1])
             await alice.send("g", "after many key updates")
             # look into bob's queue before he reads it: a key update precedes the message
             cid = bob.session.me().qs_cid

@@ -15,7 +15,6 @@ serve), but in one event loop.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import socket
 import sys
 import tempfile
@@ -67,10 +66,7 @@ async def serve_factory(config: Config, db: Database, registry: Registry) -> Seq
     """``phx serve``'s own wiring (:func:`phx.cli.serve.build_services`)."""
     from phx.cli.serve import build_services
 
-    services = build_services(config, db, registry)
-    if inspect.isawaitable(services):
-        return await services  # type: ignore[no-any-return]
-    return services
+    return await build_services(config, db, registry)
 
 
 @asynccontextmanager
