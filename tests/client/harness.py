@@ -11,7 +11,6 @@ from pathlib import Path
 from phx.cli.dev_setup import DevSetup, write_dev_setup
 from phx.client.demo import AsyncServiceFactory, Homeserver, free_ports, local_homeservers
 from phx.config import Config
-from phx.delivery import DsService
 from phx.queuing.routes import QsHttp
 from phx.queuing.service import QsService
 from phx.server import Registry
@@ -34,22 +33,7 @@ async def rotating_services(config: Config, db: Database, registry: Registry) ->
 
 
 async def _homeserver(config: Config, db: Database, registry: Registry) -> WiredHomeserver:
-    hs = await build_homeserver(config, db, registry, poll_interval=0.5, probe_interval=1.0)
-    if hs.delivery is not None:
-        allow_responder_external_commit_info(hs.delivery)
-    return hs
-
-
-def allow_responder_external_commit_info(ds: DsService) -> None:
-    """Stand-in for a DS change the client needs (reported to the lead): the responder of a connection
-    fetches the connection group's external commit information knowing only the EAR key (book:
-    connection_establishment.md), like ``join_connection_group``; the DS still demands a member's
-    DsAuthToken. Until the DS accepts it, the tests run the endpoint without sender authentication."""
-    from phx.delivery.messages import Operation
-
-    ops = ds._ops
-    if ops[Operation.EXTERNAL_COMMIT_INFO].auth is not None:
-        ops[Operation.EXTERNAL_COMMIT_INFO] = replace(ops[Operation.EXTERNAL_COMMIT_INFO], auth=None)
+    return await build_homeserver(config, db, registry, poll_interval=0.5, probe_interval=1.0)
 
 
 def queuing_service(server: Homeserver) -> QsService:
