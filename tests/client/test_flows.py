@@ -89,6 +89,11 @@ async def test_membership_changes(clients: Clients) -> None:
     await sync_until(carol, has("removed", group="g"))
     assert carol.groups() == []
     await sync_until(bob, has("removed", sender="carol@a.test"))
+    # … and can invite her again
+    await alice.invite("g", "carol@a.test")
+    await sync_until(carol, has("joined", group="g"))
+    await alice.remove("g", "carol@a.test")
+    await sync_until(carol, has("removed", group="g"))
     # bob leaves: a self-remove proposal that alice (the designated committer) commits on her next sync
     await bob.leave("g")
     assert bob.groups()[0].status == "leaving"

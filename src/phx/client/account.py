@@ -25,8 +25,8 @@ from phx.auth.opaque import (
     client_registration_start,
 )
 from phx.credentials import (
+    ClientCredential,
     ExpirationData,
-    IntermediateAsCredential,
     new_client_csr,
     verify_intermediate_credential,
 )
@@ -104,12 +104,6 @@ async def register(s: Session, address: str, password: bytes) -> Identity:
     return identity
 
 
-def _signer(
-    s: Session, intermediates: tuple[IntermediateAsCredential, ...], roots: object, now: int
-) -> IntermediateAsCredential:
-    raise NotImplementedError
-
-
 async def _register_as(s: Session, identity: Identity, password: bytes) -> Identity:
     domain = identity.client_id.domain
     now = s.clock()
@@ -170,11 +164,8 @@ async def _finished_before(s: Session, identity: Identity) -> bool:
 
 
 def _connection_packages(
-    identity: Identity, credential: object, now: int, count: int = CONNECTION_PACKAGES
+    identity: Identity, credential: ClientCredential, now: int, count: int = CONNECTION_PACKAGES
 ) -> tuple[list[ConnectionPackage], list[tuple[bytes, bytes, int]]]:
-    from phx.credentials import ClientCredential
-
-    assert isinstance(credential, ClientCredential)
     end = min(now + CONNECTION_PACKAGE_LIFETIME, credential.expiration_data.not_after)
     packages, keys = [], []
     for _ in range(count):

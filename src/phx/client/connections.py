@@ -17,6 +17,8 @@ re-sends our keys to the remaining contacts (book: keypackage_publication.md, "F
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from phx.auth.client import sign_connection_establishment_package, verify_connection_establishment_package
@@ -35,8 +37,8 @@ from phx.queuing.messages import UpdateUserRecordParams
 
 from .aliases import ALIAS_PREFIX, NOBODY, deliver_to_alias
 from .groups import delete_group_row, leave_row, send_payload
-from .session import GROUP_CONFIG, ClientError, Event, Session, check_leaf, member_row
-from .state import Contact, GroupRow, RequestRow
+from .session import GROUP_CONFIG, ClientError, Event, Session, check_leaf, member_row, user_id_for
+from .state import Contact, GroupRow, MemberRow, RequestRow
 from .transport import ServiceError
 from .wire import (
     CAPABILITIES,
@@ -218,7 +220,7 @@ async def _join(
 
 async def _check_members(
     s: Session, cep: ConnectionEstablishmentPackage, info: ExternalCommitInfoResponse, group: Group
-) -> list:  # type: ignore[type-arg]
+) -> list[MemberRow]:
     chains = [(m.leaf_index, m.encrypted_credential_information) for m in info.credential_chains]
     others = [m for m in group.members() if m.leaf_index != group.leaf_index]
     by_leaf = dict(chains)
@@ -296,40 +298,39 @@ async def resume_requests(s: Session) -> None:
 
 
 def receive_friendship(
-    s: Session, c: object, row: GroupRow, sender: UserId, fp: FriendshipPackage
-) -> list[Event]:
-    """Store a contact's friendship keys (called inside the sync's transaction ``c``)."""
-    import sqlite3
-
-    assert isinstance(c, sqlite3.Connection)
-    events: list[Event] = []
-    if not s.accept_name(c, sender, fp.user_name):
+    s: Session, row: GroupRow, sender: UserId, fp: FriendshipPackage
+) -> tuple[list[Callable[[sqlite3.Connection], object]], list[Event]]:
+    """Check a contact's friendship keys; returns the writes that store them (for the sync's transaction)
+    and the events. Raises ValidationError before anything is written."""
+    if user_id_for(fp.user_name, sender.as_domain) != sender:
         raise ValidationError(f"friendship package names {fp.user_name!r}, which is not {sender}")
+    label = f"{fp.user_name}@{sender.as_domain}"
+    writes: list[Callable[[sqlite3.Connection], object]] = [lambda c: s.accept_name(c, sender, fp.user_name)]
+    events: list[Event] = []
     contact = s.state.contact(sender)
     if contact is None or contact.group_id != row.group_id:
         request = s.state.request_by_group(row.group_id)
         to_alias = request is not None and request.target.startswith(ALIAS_PREFIX)
         if request is None or request.direction != "out" or (request.user_id != sender and not to_alias):
             raise ValidationError("friendship keys in a connection group with no connection")
-        if s.state.contact(sender) is not None:
-            raise ValidationError(f"{s.label(sender)} is already a contact")
+        if contact is not None:
+            raise ValidationError(f"{label} is already a contact")
         contact = Contact(sender, row.group_id, None, None, None, s.clock())
-        s.state.set_request_status(c, request.id, "accepted")
+        request_id = request.id
+        writes.append(lambda c: s.state.set_request_status(c, request_id, "accepted"))
         if to_alias:
-            s.state.set_request_user(c, request.id, sender)
-        events.append(Event("connected", sender=s.label(sender), request_id=request.id))
+            writes.append(lambda c: s.state.set_request_user(c, request_id, sender))
+        events.append(Event("connected", sender=label, request_id=request_id))
     elif contact.friendship_token is None:
-        events.append(Event("ready", sender=s.label(sender)))
-    s.state.put_contact(
-        c,
-        replace(
-            contact,
-            friendship_token=fp.friendship_token,
-            friendship_key=fp.friendship_encryption_key,
-            wai_key=fp.wai_encryption_key,
-        ),
+        events.append(Event("ready", sender=label))
+    updated = replace(
+        contact,
+        friendship_token=fp.friendship_token,
+        friendship_key=fp.friendship_encryption_key,
+        wai_key=fp.wai_encryption_key,
     )
-    return events
+    writes.append(lambda c: s.state.put_contact(c, updated))
+    return writes, events
 
 
 async def send_pending_keys(s: Session) -> None:

@@ -36,7 +36,7 @@ from phx.errors import PhxError, Unavailable
 from phx.identifiers import GroupId, UserId
 from phx.mls.group import Group
 from phx.mls.group_state import CommitApplied
-from phx.mls.messages import MLSMessage, make_external_senders_extension
+from phx.mls.messages import KeyPackage, MLSMessage, make_external_senders_extension
 from phx.queuing.messages import AddPackageParams
 
 from .session import GROUP_CONFIG, ClientError, Session, check_leaf, member_row
@@ -256,7 +256,7 @@ async def invite(s: Session, group_text: str, user_text: str) -> GroupRow:
         raise ClientError(f"{user_text} is already in {row.name!r}")
     now = s.clock()
     response = await s.api.add_packages(user_id.as_domain, AddPackageParams(contact.friendship_token))
-    infos: list[tuple[object, CredentialInformation]] = []
+    infos: list[tuple[KeyPackage, CredentialInformation]] = []
     for ap in response.add_packages:
         info = open_add_package(ap, contact.friendship_key, now)
         if info.client_credential.client_id.user_id != user_id:
@@ -275,7 +275,7 @@ async def invite(s: Session, group_text: str, user_text: str) -> GroupRow:
                 ),
             )
         )
-        result = group.commit(now=s.clock(), add=[kp for kp, _ in infos], authenticated_data=aad.encode())  # type: ignore[misc]
+        result = group.commit(now=s.clock(), add=[kp for kp, _ in infos], authenticated_data=aad.encode())
         assert result.welcome is not None and result.welcome.welcome is not None
         welcome = result.welcome.welcome.encode()
         wai = WelcomeAttributionInfo.sign(
@@ -357,17 +357,34 @@ async def delete_group(s: Session, group_text: str) -> None:
 # --- leaving -----------------------------------------------------------------------------------------
 
 
-async def leave_row(s: Session, row: GroupRow) -> None:
+async def leave_row(s: Session, row: GroupRow, *, retry: bool = True) -> None:
+    """Propose our own removal (the DS stores it; another member's next commit carries it out)."""
     row, group = await settle(s, row)
     if group.member_count == 1:
         await delete_group_row(s, row)
         return
+    before = row
     proposal = group.propose_remove(group.leaf_index, now=s.clock())
+    # Kept before sending: the DS does not echo our proposal, and the commit that includes it refers to it.
     with s.state.tx() as c:
         row = s.save_group(c, row, group)
-    await s.api.self_remove(
-        row.group_id, SelfRemoveUserParams(proposal.message, row.ear_key), s.ds_auth(row, group)
-    )
+    try:
+        await s.api.self_remove(
+            row.group_id, SelfRemoveUserParams(proposal.message, row.ear_key), s.ds_auth(row, group)
+        )
+    except ServiceError as e:
+        with s.state.tx() as c:
+            s.state.put_group(c, before)  # refused: the proposal never existed
+        if not retry or e.code != "wrong_epoch":
+            raise
+        from .sync import sync
+
+        await sync(s)
+        fresh = s.state.group(row.group_id)
+        if fresh is None or fresh.status != "active":
+            return  # removed meanwhile
+        await leave_row(s, fresh, retry=False)
+        return
     with s.state.tx() as c:
         s.save_group(c, row, status="leaving")
 

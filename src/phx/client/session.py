@@ -203,7 +203,8 @@ class Session:
 
     async def learn_name(self, user_id: UserId) -> str:
         """Fetch the user's profile from its AS (once) and return its label."""
-        if self.state.user_name(user_id) is None:
+        me = self.state.identity()
+        if self.state.user_name(user_id) is None and (me is None or me.user_id != user_id):
             try:
                 body = (await self.api.fetch_profile(UserProfileParams(user_id))).user_profile
                 name = UserProfile.decode(body).user_name

@@ -17,7 +17,7 @@ fresh KeyPackages when the published ones run low.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from phx.auth.messages import DequeueMessagesParams as AsDequeueParams
@@ -177,7 +177,7 @@ def _alias_reader(s: Session, address: str) -> _ReaderSlot:
     return _ReaderSlot(load, lambda c, r: store_alias_reader(s, c, address, r.to_bytes()))
 
 
-Handler = Callable[[Session, bytes, _Item], object]
+Handler = Callable[[Session, bytes, _Item], Awaitable[None]]
 
 
 async def _handle(
@@ -188,7 +188,7 @@ async def _handle(
     try:
         plaintext = reader.read(item)
         if plaintext is not None:
-            await handler(s, plaintext, result)  # type: ignore[misc]
+            await handler(s, plaintext, result)
     except Exception as e:
         if _transient(e):
             raise
@@ -270,12 +270,9 @@ async def _application(
         out.events.append(Event("message", row.name, str(row.group_id), label, body.text, sent_at))
     elif body.message_type == ClientMessageType.FRIENDSHIP and row.kind == "connection":
         assert body.friendship is not None
-        fp = body.friendship
-
-        def write(c: sqlite3.Connection) -> None:
-            out.events.extend(receive_friendship(s, c, row, sender.user_id, fp))
-
-        out.writes.append(write)
+        writes, events = receive_friendship(s, row, sender.user_id, body.friendship)
+        out.writes += writes
+        out.events += events
     elif body.message_type == ClientMessageType.CONNECTION_DECLINED and row.kind == "connection":
         request = s.state.request_by_group(row.group_id)
         if request is not None and request.direction == "out" and request.status == "pending":
@@ -374,8 +371,9 @@ async def _commit(s: Session, row: GroupRow, group: Group, outcome: CommitApplie
 async def _welcome(s: Session, bundle: WelcomeBundle, out: _Item) -> None:
     me = s.me()
     gid = bundle.group_id
-    if s.state.group(gid) is not None:
-        return
+    existing = s.state.group(gid)
+    if existing is not None and existing.status in ("active", "leaving", "joining"):
+        return  # already a member (a repeated bundle)
     found = None
     for secret in bundle.welcome.secrets:
         stored = s.state.key_package(secret.new_member)
@@ -408,6 +406,8 @@ async def _welcome(s: Session, bundle: WelcomeBundle, out: _Item) -> None:
         raise ValidationError(f"{s.label(inviter.user_id)} invited us but is not a contact")
     meta = group_metadata(group.extensions, credential_key, gid)
     name = meta.name if meta is not None else str(gid)
+    for m in members:
+        await s.learn_name(m.user_id)  # so that every member's messages show a name
     row = GroupRow(
         gid,
         "group",
@@ -421,6 +421,7 @@ async def _welcome(s: Session, bundle: WelcomeBundle, out: _Item) -> None:
     )
 
     def write(c: sqlite3.Connection) -> None:
+        s.state.delete_group(c, gid)  # a group we were in before: start over
         s.state.put_group(c, row)
         for m in members:
             s.state.put_member(c, gid, m)
