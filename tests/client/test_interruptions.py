@@ -111,3 +111,31 @@ async def test_sync_and_accept_resume_after_lost_answers(clients: Clients) -> No
         await sync_until(bob, has("joined"))
     await sync_until(bob, has("joined"))
     assert bob.groups()[0].members == ["alice@a.test", "bob@b.test"]
+
+
+async def test_a_client_that_lost_track_of_the_epoch_rejoins(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    carol = await clients.user("carol@a.test")
+    await connect(alice, bob)
+    await connect(alice, carol)
+    await alice.create_group("g")
+    await alice.invite("g", "bob@b.test")
+    await sync_until(bob, has("joined"))
+    stale = bob.session.find_group("g")  # bob's state as a backup would have it
+    await alice.invite("g", "carol@a.test")
+    await sync_until(bob, has("added", sender="carol@a.test"))
+    with bob.session.state.tx() as tx:
+        bob.session.state.put_group(tx, stale)  # restored from the backup: one epoch behind
+    await alice.send("g", "you missed an epoch")
+    await sync_until(bob, has("warning"))  # a message from an epoch bob never reached
+    assert bob.session.load_group(bob.session.find_group("g")).epoch == 3  # rejoined after the invite
+    await alice.sync()  # processes bob's ReSync commit
+    await carol.sync()
+    await alice.send("g", "welcome back")
+    events = await sync_until(bob, has("message"))
+    assert [e.text for e in events if e.kind == "message"] == ["welcome back"]
+    await bob.send("g", "thanks")
+    for member in (alice, carol):
+        await sync_until(member, has("message", text="thanks"))
+    assert sorted(bob.groups()[0].members) == ["alice@a.test", "bob@b.test", "carol@a.test"]

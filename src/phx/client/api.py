@@ -62,6 +62,7 @@ from phx.delivery.messages import (
     JoinConnectionGroupParams,
     RemoveUsersParams,
     RequestGroupIdResponse,
+    ResyncClientParams,
     SelfRemoveUserParams,
     SendMessageParams,
     UpdateClientParams,
@@ -354,6 +355,9 @@ class Api:
 
     async def join_connection_group(self, group_id: GroupId, params: JoinConnectionGroupParams) -> None:
         await self._ds(group_id.ds_domain, "join_connection_group", params)
+
+    async def resync_client(self, group_id: GroupId, params: ResyncClientParams, auth: DsAuth) -> None:
+        await self._ds(group_id.ds_domain, "resync_client", params, group_id, auth)
 
     async def self_remove(self, group_id: GroupId, params: SelfRemoveUserParams, auth: DsAuth) -> None:
         await self._ds(group_id.ds_domain, "self_remove_user", params, group_id, auth)

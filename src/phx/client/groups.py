@@ -22,8 +22,11 @@ from phx.delivery.messages import (
     AddUsersParamsAad,
     CreateGroupParams,
     DeleteGroupParams,
+    DsSenderId,
     ExternalCommitInfoParams,
+    ExternalCommitInfoResponse,
     RemoveUsersParams,
+    ResyncClientParams,
     SelfRemoveUserParams,
     SendMessageParams,
     UpdateClientParams,
@@ -39,6 +42,7 @@ from phx.mls.group_state import CommitApplied
 from phx.mls.messages import KeyPackage, MLSMessage, make_external_senders_extension
 from phx.queuing.messages import AddPackageParams
 
+from .api import DsAuth
 from .session import GROUP_CONFIG, ClientError, Session, check_leaf, member_row
 from .state import GroupRow, MemberRow
 from .transport import ServiceError
@@ -69,6 +73,8 @@ __all__ = [
     "leave_all",
     "list_groups",
     "remove",
+    "resync",
+    "resync_key",
     "send_payload",
     "send_text",
     "settle",
@@ -167,29 +173,79 @@ def update_plan(s: Session) -> CommitPlan:
 
 
 async def settle(s: Session, row: GroupRow) -> tuple[GroupRow, Group]:
-    """Resolve a pending commit left by an interrupted command, then commit waiting proposals."""
+    """Resolve a pending commit left by an interrupted command, then commit waiting proposals.
+
+    The DS's GroupInfo decides: at the pending commit's epoch with its GroupContext, the DS took it (merge);
+    still at our epoch, it did not (drop); further on, others have committed since and we cannot tell
+    which commit they built on, so we rejoin the group's current epoch (:func:`resync`)."""
     group = s.load_group(row)
     if group.pending_commit is not None:
         # The EAR key is the authentication here (a member's DsAuthToken is not needed).
         info = await s.api.external_commit_info(ExternalCommitInfoParams(row.group_id, row.ear_key), None)
-        taken = info.group_info.group_context.encode() == pending_context(group)
-        members: list[MemberRow] | None = None
-        if taken:
+        ds_epoch = info.group_info.group_context.epoch
+        if ds_epoch == group.epoch + 1 and info.group_info.group_context.encode() == pending_context(group):
             group.merge_pending_commit()
             # The commit's own bookkeeping was lost with the answer: take the members from the DS.
             chains = [(m.leaf_index, m.encrypted_credential_information) for m in info.credential_chains]
             members = await s.verify_members(row.group_id, group, row.credential_key, chains)
-        else:
-            group.clear_pending_commit()
-        with s.state.tx() as c:
-            row = s.save_group(c, row, group)
-            if members is not None:
+            with s.state.tx() as c:
+                row = s.save_group(c, row, group)
                 s.state.delete_members(c, row.group_id)
                 for m in members:
                     s.state.put_member(c, row.group_id, m)
+        elif ds_epoch <= group.epoch:
+            group.clear_pending_commit()
+            with s.state.tx() as c:
+                row = s.save_group(c, row, group)
+        else:
+            row, group = await resync(s, row, info)
     if group.pending_proposals() and row.status == "active":
         row, group = await commit(s, row, group, update_plan(s), retry=False)
     return row, group
+
+
+async def resync(
+    s: Session, row: GroupRow, info: ExternalCommitInfoResponse | None = None
+) -> tuple[GroupRow, Group]:
+    """Rejoin the group at the DS's current epoch by an external commit that replaces our old leaf (book:
+    DS "ReSync"), keeping our leaf credential, queue config and credential information. For a client
+    that lost track of the group's epochs; what was sent in the epochs in between is lost to it."""
+    old = s.load_group(row)
+    if info is None:
+        info = await s.api.external_commit_info(ExternalCommitInfoParams(row.group_id, row.ear_key), None)
+    leaf = old.own_leaf
+    group, message = Group.join_external(
+        info.group_info, leaf.credential, row.leaf_key, now=s.clock(), ratchet_tree=info.public_tree,
+        capabilities=CAPABILITIES, remove=old.leaf_index, credential_validator=check_leaf,
+        config=GROUP_CONFIG,
+    )  # fmt: skip
+    params = ResyncClientParams(message, row.ear_key, pending_group_info_update(group, row.leaf_key))
+    await s.api.resync_client(row.group_id, params, DsAuth(DsSenderId.leaf(old.leaf_index), row.leaf_key))
+    group.merge_pending_commit()
+    chains = [(m.leaf_index, m.encrypted_credential_information) for m in info.credential_chains]
+    chains = [(leaf, blob) for leaf, blob in chains if leaf != old.leaf_index]
+    members = []
+    by_leaf = dict(chains)
+    for m in group.members():
+        if m.leaf_index == group.leaf_index:
+            members.append(member_row(m.leaf_index, s.me().cred))
+        elif m.leaf_index in by_leaf:
+            ci = await s.verify_info(
+                row.group_id, row.credential_key, m.credential, m.signature_key, by_leaf[m.leaf_index]
+            )
+            members.append(member_row(m.leaf_index, ci.client_credential))
+    with s.state.tx() as c:
+        row = s.save_group(c, row, group)
+        s.state.delete_members(c, row.group_id)
+        for mr in members:
+            s.state.put_member(c, row.group_id, mr)
+        s.state.delete_meta(c, resync_key(row.group_id))
+    return row, group
+
+
+def resync_key(group_id: GroupId) -> str:
+    """Meta key marking a group whose epoch this client lost track of (resynced at the end of a sync)."""
+    return f"resync:{group_id}"
 
 
 async def commit(

@@ -9,9 +9,10 @@ item's transaction, so the next sync handles it again from the same position; an
 (does not decrypt, bad signature, unknown group) is skipped with a warning so it cannot block the queue.
 
 After the queues: deliver connection requests whose sending was interrupted, send our friendship keys
-where they are due, delete connection groups whose request was declined, commit proposals waiting in
-groups where this client is the designated committer (the lowest leaf not being removed), and publish
-fresh KeyPackages when the published ones run low.
+where they are due, delete connection groups whose request was declined, rejoin groups whose epoch this
+client lost track of, commit proposals waiting in groups (any member not being removed does; the DS takes
+the first commit and refuses the others with ``wrong_epoch``, whose senders then process the winner's),
+and publish fresh KeyPackages and connection packages when the published ones run low.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from phx.delivery.messages import (
     WelcomeInfoParams,
     decrypt_ear_key,
 )
-from phx.errors import DecodeError, PhxError, Unavailable, ValidationError
+from phx.errors import DecodeError, PhxError, Unavailable, ValidationError, WrongEpoch
 from phx.identifiers import GroupId
 from phx.mls.group import Group
 from phx.mls.group_state import ApplicationMessage, CommitApplied, Member, ProposalReceived
 from phx.mls.key_package import KeyPackageBundle
-from phx.mls.messages import Remove
+from phx.mls.messages import MLSMessage, Remove
 from phx.queues import QueueMessage, QueueReader
 from phx.queuing.messages import (
     DequeueMessagesParams,
@@ -53,7 +54,7 @@ from .connections import (
     resume_requests,
     send_pending_keys,
 )
-from .groups import commit, delete_group_row, update_plan
+from .groups import commit, delete_group_row, resync, resync_key, update_plan
 from .session import GROUP_CONFIG, ClientError, Event, Session, check_leaf, member_row
 from .state import GroupRow, MemberRow
 from .transport import ServiceError
@@ -240,8 +241,21 @@ async def _fan_out_item(s: Session, plaintext: bytes, out: _Item) -> None:
     if row is None or row.status not in ("active", "leaving"):
         return  # a group we left, were removed from or deleted: late traffic
     group = s.load_group(row)
-    assert not isinstance(content.body, WelcomeBundle)
-    outcome = group.process(content.body, now=s.clock())
+    message = content.body
+    assert not isinstance(message, WelcomeBundle)
+    try:
+        outcome = group.process(message, now=s.clock())
+    except WrongEpoch:
+        epoch = _epoch_of(message)
+        if epoch is None or epoch <= group.epoch:
+            return  # from an epoch we already left behind: nothing to do with it
+        # From an epoch we never reached: we lost track of the group (a commit of ours whose fate we do
+        # not know, or commits we could not process). Rejoin its current epoch after the queues.
+        out.writes.append(lambda c: s.state.put(c, resync_key(gid), b"1"))
+        out.events.append(
+            Event("warning", row.name, str(gid), text="lost track of the group's epoch; rejoining")
+        )
+        return
     if isinstance(outcome, ApplicationMessage):
         await _application(s, row, group, outcome, payload.timestamp, out)
     elif isinstance(outcome, CommitApplied):
@@ -278,6 +292,14 @@ async def _application(
         if request is not None and request.direction == "out" and request.status == "pending":
             out.writes.append(lambda c: s.state.set_request_status(c, request.id, "rejected"))
             out.events.append(Event("declined", sender=s.label(request.user_id), request_id=request.id))
+
+
+def _epoch_of(message: MLSMessage) -> int | None:
+    if message.public_message is not None:
+        return message.public_message.content.epoch
+    if message.private_message is not None:
+        return message.private_message.epoch
+    return None
 
 
 def _joiners(group: Group, outcome: CommitApplied) -> list[tuple[Member, bytes]]:
@@ -444,6 +466,12 @@ async def _after(s: Session, events: list[Event]) -> None:
             except ServiceError as e:
                 events.append(Event("warning", text=f"could not delete a declined connection group: {e}"))
     for row in s.state.groups():
+        if row.status in ("active", "leaving") and s.state.get(resync_key(row.group_id)) is not None:
+            try:
+                await resync(s, row)
+            except ServiceError as e:
+                events.append(Event("warning", row.name, str(row.group_id), text=f"could not rejoin: {e}"))
+    for row in s.state.groups():
         if row.status != "active":
             continue
         group = s.load_group(row)
@@ -451,9 +479,8 @@ async def _after(s: Session, events: list[Event]) -> None:
         if not proposals or group.pending_commit is not None:
             continue
         leaving = {p.proposal.value.removed for p in proposals if isinstance(p.proposal.value, Remove)}
-        committer = min((m.leaf_index for m in group.members() if m.leaf_index not in leaving), default=None)
-        if committer != group.leaf_index:
-            continue
+        if group.leaf_index in leaving:
+            continue  # our own removal is for someone else to commit
         try:
             before = {m.leaf: m for m in s.state.members(row.group_id)}
             await commit(s, row, group, update_plan(s), retry=False)
