@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import pytest
 
+from phx.auth.client import sign_connection_establishment_package
+from phx.auth.messages import EnqueueMessageParams, UserClientsParams
 from phx.auth.opaque import OpaqueAuthError
 from phx.client import ClientError, PhxClient, ServiceError
 from phx.client.account import PACKAGES_LEFT, packages_left
+from phx.client.session import user_id_for
+from phx.client.wire import seal_connection_establishment
+from phx.credentials import (
+    ExpirationData,
+    create_intermediate_credential,
+    issue_client_credential,
+    new_as_credential,
+    new_client_csr,
+)
+from phx.identifiers import ClientId, Fqdn, GroupId
 from phx.queues import QueueItemType
 from phx.queuing.messages import AddPackageParams
 
@@ -221,3 +235,39 @@ async def test_connection_and_key_packages_are_refilled(clients: Clients) -> Non
         await sync_until(bob, has("joined", group=f"g{i}"))
     assert s.state.unused_key_packages() == 6  # one left, then five more
     assert sorted(g.name for g in bob.groups()) == ["g0", "g1", "g2", "g3"]
+
+
+async def test_refused_tokens_are_replaced(clients: Clients) -> None:
+    alice = await clients.user("alice@a.test")
+    state = alice.session.state
+    domain = alice.session.domain.value
+    state.drop_tokens(domain)
+    state.add_tokens(domain, [b"\x00\x05" + bytes(160)] * 3, 0)  # well-formed, but never issued
+    await alice.create_group("g")  # the DS refuses the first token; the client fetches a fresh batch
+    assert state.token_count(domain) > 0 and alice.groups()[0].name == "g"
+
+
+async def test_a_forged_credential_chain_is_refused(clients: Clients) -> None:
+    """A connection request signed by a client credential from an AS root that is not a.test's own."""
+    alice = await clients.user("alice@a.test")
+    bob = await clients.user("bob@b.test")
+    now = int(time.time())
+    root, root_key = new_as_credential(Fqdn("a.test"), ExpirationData(now - 60, now + 86_400))
+    inter, inter_key = create_intermediate_credential(
+        root, root_key, ExpirationData(now - 60, now + 3600), now=now
+    )
+    mallory = ClientId.random(user_id_for("mallory", Fqdn("a.test")))
+    csr, key = new_client_csr(mallory, inter, ExpirationData(now - 30, now + 3000))
+    forged = issue_client_credential(
+        csr, intermediate=inter, intermediate_private_key=inter_key, as_credential=root, now=now
+    )
+    package = (
+        await alice.session.api.connection_package(UserClientsParams(bob.session.me().user_id))
+    ).connection_package
+    gid = GroupId.random(Fqdn("a.test"))
+    cep = sign_connection_establishment_package(forged, key, gid, os.urandom(32), os.urandom(32))
+    ctxt = seal_connection_establishment(package.payload.encryption_key, cep.encode())
+    await alice.session.api.enqueue_message(EnqueueMessageParams(package.client_credential.client_id, ctxt))
+    events = await sync_until(bob, has("warning"))
+    assert not any(e.kind == "request" for e in events) and bob.requests() == []
+    assert "no known intermediate AS credential" in next(e.text for e in events if e.kind == "warning")
