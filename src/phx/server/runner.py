@@ -45,7 +45,9 @@ def uvicorn_config(app: Starlette, config: Config, *, port: int | None = None) -
         # Forwarded-for headers are only trustworthy behind a known proxy; none is configured.
         proxy_headers=False,
         server_header=False,
-        timeout_graceful_shutdown=10,
+        # Peers keep idle keep-alive TLS connections open; waiting for them would hold every shutdown
+        # for the whole timeout. An interrupted request rolls back and its sender retries, so 3 s is safe.
+        timeout_graceful_shutdown=3,
     )
 
 
