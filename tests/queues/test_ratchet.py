@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import itertools
 from dataclasses import replace
 
 import pytest
 
-from phx.crypto import SUITE_1
+from phx.crypto import SUITE_1, CipherSuite
+from phx.crypto.hpke import AES_256_GCM, CHACHA20_POLY1305, HKDF_SHA256, HKDF_SHA512
 from phx.queues import (
     QueueDecryptionError,
     QueueGapError,
@@ -19,7 +21,7 @@ from phx.queues import (
     new_queue,
     rotate,
 )
-from phx.queues.ratchet import _message_keys
+from phx.queues.ratchet import _expand, _hmac_pair, _message_keys, stepper
 
 cs = SUITE_1
 DAY = 86400
@@ -211,3 +213,59 @@ def test_long_interleaving_matches() -> None:
     assert [i.sequence_number for i in all_items] == list(range(len(all_items)))
     assert QueueReader(cs, [sk]).read_all(all_items) == expected
     assert isinstance(state, QueueState)
+
+
+# --- the fast ratchet step -----------------------------------------------------------------------------
+
+
+def _suites() -> list[CipherSuite]:
+    """SUITE_1 plus suites built from the other primitives, so every branch of the fast step runs."""
+    return [
+        cs,
+        CipherSuite(0xFF01, "sha512-aes256", HKDF_SHA512, AES_256_GCM, cs.hpke),
+        CipherSuite(0xFF02, "sha256-chacha", HKDF_SHA256, CHACHA20_POLY1305, cs.hpke),
+    ]
+
+
+@pytest.mark.parametrize("suite", _suites(), ids=lambda s: s.name)
+def test_stepper_matches_the_labelled_derivations(suite: CipherSuite) -> None:
+    step = stepper(suite)
+    rk = bytes(range(suite.nh))
+    for seq in (0, 1, 255, 1 << 40):
+        # The derivations as decisions.md states them, through the generic ExpandWithLabel.
+        nk, nn = suite.aead.nk, suite.aead.nn
+        okm = _expand(suite, rk, b"queue message key and nonce", seq.to_bytes(8, "big"), nk + nn)
+        nxt = _expand(suite, rk, b"queue next ratchet key", b"", suite.nh)
+        aad = seq.to_bytes(8, "big") + bytes((QueueItemType.MESSAGE,))
+        ct, got_next = step(rk, seq, b"payload %d" % seq)
+        assert got_next == nxt
+        assert suite.open(okm[:nk], okm[nk:], aad, ct) == b"payload %d" % seq
+        assert (ct, got_next) == _generic_step(suite, rk, seq, b"payload %d" % seq)
+        rk = got_next
+
+
+def _generic_step(suite: CipherSuite, rk: bytes, seq: int, payload: bytes) -> tuple[bytes, bytes]:
+    key, nonce, nxt = _message_keys(suite, rk, seq)
+    return suite.seal(key, nonce, seq.to_bytes(8, "big") + b"\x03", payload), nxt
+
+
+@pytest.mark.parametrize("name", ["sha256", "sha512"])
+@pytest.mark.parametrize("key_length", [0, 1, 32, 64, 65, 128, 129, 300])
+def test_hmac_pair_is_hmac(name: str, key_length: int) -> None:
+    pair = _hmac_pair(name)
+    assert pair is not None
+    key = bytes((i * 7) & 0xFF for i in range(key_length))
+    assert pair(key, b"first", b"") == (
+        hmac.digest(key, b"first", name),
+        hmac.digest(key, b"", name),
+    )
+    assert _hmac_pair("md5") is None
+
+
+def test_enqueue_uses_the_same_ratchet_as_the_reader_for_every_suite() -> None:
+    for suite in _suites():
+        rk = bytes(suite.nh)
+        state, _ = new_queue(suite, b"", 0, ratchet_key=rk)
+        state, items = enqueue(suite, state, [b"a", b"b"], 1)
+        reader = QueueReader(suite, [b"unused"], ratchet_key=rk)
+        assert reader.read_all(items) == [b"a", b"b"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from phx.crypto import SUITE_1
-from phx.queues import QueueItemType, QueueReader, enqueue, new_queue
+from phx.queues import QueueItemType, QueueReader, QueueState, enqueue, new_queue
+from phx.queues.ratchet import stepper
 from phx.queues.store import QueueStore, queue_schema_sql
 from phx.storage import Database, Engine, migrate
 
@@ -86,3 +87,32 @@ async def test_concurrent_read_modify_write_is_serialized(db: Database, tmp_path
     async with db.transaction() as conn:
         items, _ = await store.dequeue(conn, b"q", 0, 100)
     assert [i.sequence_number for i in items] == list(range(30))
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 300])
+async def test_save_rows_stores_every_row_and_state(db: Database, tmp_path: Path, n: int) -> None:
+    store = await make(db, tmp_path)
+    sk, pk = cs.generate_hpke_key_pair()
+    qids = [b"qa", b"qb", b"qc"]
+    async with db.transaction() as conn:
+        for i, qid in enumerate(qids):
+            await store.create(conn, qid, *new_queue(cs, pk, 0, ratchet_key=bytes([i]) * 32))
+    step = stepper(cs)
+    keys = {q: bytes([i]) * 32 for i, q in enumerate(qids)}
+    seqs = dict.fromkeys(qids, 0)
+    rows = []
+    for i in range(n):
+        qid = qids[(i * 7) % 3]  # interleaved, so the store has to order them itself
+        ct, keys[qid] = step(keys[qid], seqs[qid], b"m%d" % i)
+        rows.append((qid, seqs[qid], int(QueueItemType.MESSAGE), b"", ct))
+        seqs[qid] += 1
+    states = {q: QueueState(pk, keys[q], seqs[q], 5) for q in qids if seqs[q]}
+    async with db.transaction() as conn:
+        await store.save_rows(conn, states, rows)
+    async with db.transaction() as conn:
+        for i, qid in enumerate(qids):
+            assert await store.get(conn, qid) == states.get(qid, QueueState(pk, bytes([i]) * 32, 0, 0))
+            items, _ = await store.dequeue(conn, qid, 0, 1000)
+            reader = QueueReader(cs, [sk], ratchet_key=bytes([i]) * 32)
+            assert reader.read_all(items) == [b"m%d" % j for j in range(n) if qids[(j * 7) % 3] == qid]
+        assert await conn.fetchval("SELECT COUNT(*) FROM qtest_queue_messages") == n

@@ -10,12 +10,13 @@ import pytest
 from phx.crypto import SUITE_1
 from phx.errors import AuthError, ExpiredError, SignatureError, ValidationError
 from phx.identifiers import Fqdn, GroupId, QsCid, QsUid
-from phx.queues import QueueItemType, QueueReader, Random, new_queue
+from phx.queues import QueueItemType, QueueMessage, QueueReader, Random, enqueue, new_queue
 from phx.queuing import core
 from phx.queuing.messages import (
     ClientQueueConfig,
     QsClientRequest,
     QueueConfig,
+    SealedQueueConfig,
     UserRecordParams,
     blocklist_hash,
     seal_queue_config,
@@ -138,3 +139,82 @@ def test_update_client_record_rotates_only_for_a_new_queue_key() -> None:
         core.update_client_record(cs, record, state, b"short", pk2, None, NOW)
     with pytest.raises(ValidationError):
         core.new_user_record(QsUid.random(), b"a" * 32, b"too short", NOW)
+
+
+def test_plan_batch_equals_one_enqueue_per_delivery() -> None:
+    """The batch planner against the generic ratchet, fan-out by fan-out: missing queues, a blocklist, a
+    client named twice, and a clock that makes one queue's rotation due in the middle of the batch."""
+    day = 86400
+    owners = [cs.generate_hpke_key_pair() for _ in range(3)]
+    qids = [bytes([i]) * 16 for i in range(3)]
+    ghost = b"\xee" * 16
+    init_states = {
+        qids[0]: new_queue(cs, owners[0][1], NOW, ratchet_key=b"\x01" * 32)[0],
+        qids[1]: new_queue(cs, owners[1][1], NOW - day + 5, ratchet_key=b"\x02" * 32)[0],  # due at NOW + 5
+        qids[2]: new_queue(cs, owners[2][1], NOW, ratchet_key=b"\x03" * 32)[0],
+    }
+    group, blocked_group = GroupId(uuid.uuid4(), DOMAIN), GroupId(uuid.uuid4(), DOMAIN)
+    targets = {
+        qids[0]: core.DeliveryTarget(b"s" * 32, frozenset(), b"token"),
+        qids[1]: core.DeliveryTarget(b"t" * 32, frozenset({blocklist_hash(b"t" * 32, blocked_group)}), None),
+        qids[2]: core.DeliveryTarget(b"u" * 32, frozenset(), None),
+    }
+    uid = QsUid.random()
+
+    def rcpt(qid: bytes, push_key: bytes | None = None) -> core.LocalRecipient:
+        qc = QueueConfig(push_key, QsCid(uid, uuid.UUID(bytes=qid)))
+        return core.LocalRecipient(
+            ClientQueueConfig(DOMAIN, SealedQueueConfig(qid, b"")), core.Unsealed.of(qc)
+        )
+
+    fan_outs = [
+        ([rcpt(qids[0]), rcpt(qids[1]), rcpt(ghost)], group, b"m0", NOW),
+        ([rcpt(qids[1]), rcpt(qids[0]), rcpt(qids[1])], blocked_group, b"m1", NOW + 1),
+        ([rcpt(qids[2]), rcpt(qids[1])], group, b"m2", NOW + 5),  # qids[1] rotates here
+        ([rcpt(ghost), rcpt(qids[1]), rcpt(qids[0], b"k" * 16)], group, b"m3", NOW + 6),
+    ]
+    plan = core.plan_batch(cs, fan_outs, targets, init_states, rotation_interval=day, random=counter_random())
+
+    # Reference: the generic enqueue, one delivery at a time.
+    rnd = counter_random()
+    states = dict(init_states)
+    rows: list[tuple[bytes, int, int, bytes, bytes]] = []
+    deleted: list[list[ClientQueueConfig]] = []
+    for recipients, gid, payload, now in fan_outs:
+        dead, seen = [], set()
+        for r in recipients:
+            qid = r.unsealed.queue_id
+            if qid not in targets:
+                dead.append(r.config)
+                continue
+            if qid in seen:
+                continue
+            seen.add(qid)
+            if blocklist_hash(targets[qid].blocklist_salt, gid) in targets[qid].blocklist:
+                continue
+            states[qid], items = enqueue(cs, states[qid], [payload], now, rotation_interval=day, random=rnd)
+            rows += [(qid, i.sequence_number, int(i.item_type), i.kem_output, i.ciphertext) for i in items]
+        deleted.append(dead)
+
+    def comparable(r: tuple[bytes, int, int, bytes, bytes]) -> tuple[object, ...]:
+        return r if r[2] == QueueItemType.MESSAGE else r[:3]  # HPKE-sealed updates use fresh randomness
+
+    assert [comparable(r) for r in plan.rows] == [comparable(r) for r in rows]
+    assert [r[2] for r in plan.rows].count(QueueItemType.KEY_UPDATE) == 1
+    assert plan.states == {q: s for q, s in states.items() if s != init_states[q]}
+    assert plan.deleted == deleted and [len(d) for d in deleted] == [1, 0, 0, 1]
+    assert {
+        (d.queue_id, d.next_sequence, d.push_token_key, d.encrypted_push_token) for d in plan.delivered
+    } == {
+        (qids[0], 3, b"k" * 16, b"token"),
+        (qids[1], 4, None, None),
+        (qids[2], 1, None, None),
+    }
+    for i, qid in enumerate(qids):
+        reader = QueueReader(cs, [owners[i][0]], ratchet_key=init_states[qid].ratchet_key)
+        mine = [QueueMessage(r[1], QueueItemType(r[2]), r[3], r[4]) for r in plan.rows if r[0] == qid]
+        assert reader.read_all(mine) == [
+            p
+            for rs, g, p, _ in fan_outs
+            if any(x.unsealed.queue_id == qid for x in rs) and not (qid == qids[1] and g == blocked_group)
+        ]

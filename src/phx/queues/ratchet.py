@@ -24,11 +24,15 @@ Every derivation uses the Phoenix label prefix (``"phx 1.0 "``) so no queue key 
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Protocol
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from phx.codec import U8, U64, MaxLen, Reader, Struct, WireEnum, Writer, decode_all
 from phx.crypto import PHX_PREFIX, CipherSuite, HpkeError
@@ -43,10 +47,12 @@ __all__ = [
     "QueueReader",
     "QueueState",
     "Random",
+    "Step",
     "enqueue",
     "new_queue",
     "rotate",
     "rotation_due",
+    "stepper",
 ]
 
 Random = Callable[[int], bytes]
@@ -155,9 +161,99 @@ def _message_keys(cs: CipherSuite, ratchet_key: bytes, sequence_number: int) -> 
         nxt = _expand(cs, ratchet_key, _LABEL_NEXT, b"", cs.nh)
     else:
         # Exactly _expand's result: the context is the 8-byte sequence number (varint length 0x08).
-        okm = cs.mac(ratchet_key, consts[0] + seq + b"\x01")
-        nxt = cs.mac(ratchet_key, consts[1])
+        pair = _hmac_pair(cs.kdf.hash_name)
+        if pair is None:
+            okm = cs.mac(ratchet_key, consts[0] + seq + b"\x01")
+            nxt = cs.mac(ratchet_key, consts[1])
+        else:
+            okm, nxt = pair(ratchet_key, consts[0] + seq + b"\x01", consts[1])
     return okm[:nk], okm[nk : nk + nn], nxt
+
+
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+    def copy(self) -> _Hash: ...
+
+
+_BLOCK_SIZES = {"sha256": 64, "sha384": 128, "sha512": 128}
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _hash_constructor(name: str) -> Callable[[bytes], _Hash]:
+    """CPython's built-in hash module when there is one: per object it costs far less than OpenSSL's EVP
+    (creating and copying contexts is most of the work for messages this short)."""
+    try:
+        module = importlib.import_module(f"_{name}")
+        ctor: Callable[[bytes], _Hash] = getattr(module, name)
+    except (ImportError, AttributeError):
+        return lambda data: hashlib.new(name, data)
+    return ctor
+
+
+@lru_cache(maxsize=8)
+def _hmac_pair(hash_name: str) -> Callable[[bytes, bytes, bytes], tuple[bytes, bytes]] | None:
+    """``(key, m1, m2) -> (HMAC(key, m1), HMAC(key, m2))`` (RFC 2104), keying the inner and outer hash
+    once for both messages; None for hashes without a known block size (then ``cs.mac`` runs)."""
+    block = _BLOCK_SIZES.get(hash_name)
+    if block is None:
+        return None
+    new = _hash_constructor(hash_name)
+
+    def pair(key: bytes, m1: bytes, m2: bytes) -> tuple[bytes, bytes]:
+        if len(key) > block:
+            key = new(key).digest()
+        key = key + bytes(block - len(key))
+        inner, outer = new(key.translate(_IPAD)), new(key.translate(_OPAD))
+        inner2, outer2 = inner.copy(), outer.copy()
+        inner.update(m1)
+        outer.update(inner.digest())
+        inner2.update(m2)
+        outer2.update(inner2.digest())
+        return outer.digest(), outer2.digest()
+
+    return pair
+
+
+class Step(Protocol):
+    def __call__(self, ratchet_key: bytes, sequence_number: int, payload: bytes, /) -> tuple[bytes, bytes]:
+        """Encrypt ``payload`` as the ``MESSAGE`` item ``sequence_number``; returns (ciphertext, next
+        ratchet key). The caller replaces its ratchet key by the returned one (forward secrecy)."""
+        ...
+
+
+@lru_cache(maxsize=16)
+def stepper(cs: CipherSuite) -> Step:
+    """The ratchet step of :func:`enqueue` as one function, for callers encrypting many messages (the QS
+    fan-out). Same derivations and result as the generic path, with the per-call work cut: both HMACs share
+    their keyed hash states, and the AEAD is called directly for the suites' AES-GCM / ChaCha20-Poly1305."""
+    nk, nn = cs.aead.nk, cs.aead.nn
+    consts = _step_constants(cs)
+    pair = _hmac_pair(cs.kdf.hash_name)
+    aead_id = cs.aead.aead_id
+    aead: Callable[[bytes], AESGCM | ChaCha20Poly1305] | None = (
+        AESGCM if aead_id in (0x0001, 0x0002) else ChaCha20Poly1305 if aead_id == 0x0003 else None
+    )
+    if consts is None or pair is None or aead is None:
+
+        def generic(ratchet_key: bytes, sequence_number: int, payload: bytes) -> tuple[bytes, bytes]:
+            key, nonce, nxt = _message_keys(cs, ratchet_key, sequence_number)
+            aad = sequence_number.to_bytes(8, "big") + b"\x03"
+            return cs.seal(key, nonce, aad, payload), nxt
+
+        return generic
+    msg_info, next_info = consts
+    end = nk + nn
+
+    def step(ratchet_key: bytes, sequence_number: int, payload: bytes) -> tuple[bytes, bytes]:
+        seq = sequence_number.to_bytes(8, "big")
+        okm, nxt = pair(ratchet_key, msg_info + seq + b"\x01", next_info)
+        return aead(okm[:nk]).encrypt(okm[nk:end], payload, seq + b"\x03"), nxt
+
+    return step
 
 
 def _rotated(cs: CipherSuite, ratchet_key: bytes, fresh: bytes) -> bytes:
@@ -223,9 +319,9 @@ def enqueue(
         items.append(update)
     rk, seq = state.ratchet_key, state.next_sequence
     message = QueueItemType.MESSAGE
+    step = stepper(cs)
     for payload in payloads:
-        key, nonce, rk = _message_keys(cs, rk, seq)
-        ct = cs.seal(key, nonce, seq.to_bytes(8, "big") + b"\x03", payload)
+        ct, rk = step(rk, seq, payload)
         items.append(QueueMessage(seq, message, b"", ct))
         seq += 1
     return QueueState(state.encryption_key, rk, seq, state.last_rotation), items

@@ -13,7 +13,8 @@ Sequence numbers therefore stay contiguous whatever the number of concurrent enq
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 
 from phx.storage import Connection, Engine
 
@@ -59,6 +60,28 @@ def queue_schema_sql(engine: Engine, prefix: str, *, references: str | None = No
     )
 
 
+#: Largest multi-row VALUES chunk on SQLite: 5 x 256 variables stays far below SQLite's limit (32766
+#: since 3.32) and chunks are powers of two, so at most 9 statement texts per table exist.
+_MAX_CHUNK = 256
+
+
+def _chunks(rows: Sequence[tuple[object, ...]]) -> Iterator[Sequence[tuple[object, ...]]]:
+    i, n = 0, len(rows)
+    while i < n:
+        size = min(_MAX_CHUNK, 1 << ((n - i).bit_length() - 1))
+        yield rows[i : i + size]
+        i += size
+
+
+def _flat(rows: Iterable[tuple[object, ...]]) -> list[object]:
+    return list(chain.from_iterable(rows))
+
+
+def _columns(rows: Iterable[tuple[object, ...]]) -> list[list[object]]:
+    cols = [list(c) for c in zip(*rows, strict=True)]
+    return cols if cols else [[], [], [], [], []]
+
+
 def in_clause(engine: Engine, n: int, first: int = 1) -> str:
     """``= ANY($k)`` on PostgreSQL (one array argument), ``IN ($k, …)`` on SQLite (n arguments)."""
     if engine == "postgres":
@@ -98,6 +121,16 @@ class QueueStore:
             f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
             "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[])"
         )
+        self._save_pg = (
+            f"WITH s AS (UPDATE {self.queues} AS q SET encryption_key = u.ek, ratchet_key = u.rk, "
+            "next_sequence = u.ns, last_rotation = u.lr "
+            "FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[]) "
+            "AS u(qid, ek, rk, ns, lr) WHERE q.queue_id = u.qid) "
+            f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
+            "SELECT * FROM unnest($6::bytea[], $7::bigint[], $8::bigint[], $9::bytea[], $10::bytea[])"
+        )
+        self._update_values: dict[int, str] = {}
+        self._insert_values: dict[int, str] = {}
         self._update_state = (
             f"UPDATE {self.queues} SET encryption_key = $2, ratchet_key = $3, next_sequence = $4, "
             "last_rotation = $5 WHERE queue_id = $1"
@@ -162,6 +195,61 @@ class QueueStore:
                     for qid, s in states.items()
                 ],
             )
+
+    async def save_rows(
+        self,
+        conn: Connection,
+        states: Mapping[bytes, QueueState],
+        rows: Sequence[tuple[bytes, int, int, bytes, bytes]],
+    ) -> None:
+        """:meth:`save` for items given as rows ``(queue id, sequence number, item type, kem_output,
+        ciphertext)``: what the QS fan-out produces, without a :class:`QueueMessage` per item.
+
+        PostgreSQL gets both in one statement over arrays (a data-modifying CTE: one round trip). SQLite
+        gets multi-row ``VALUES`` statements in power-of-two chunks (a handful of distinct statement texts,
+        so they stay prepared), rows sorted by key so the B-tree inserts walk the pages in order.
+        """
+        if conn.engine == "postgres":
+            if not states and not rows:
+                return
+            # zip(*) transposes in C; empty sides still need their five (empty) arrays.
+            s_cols = _columns(
+                (qid, s.encryption_key, s.ratchet_key, s.next_sequence, s.last_rotation)
+                for qid, s in states.items()
+            )
+            await conn.execute(self._save_pg, *s_cols, *_columns(rows))
+            return
+        if states:
+            updates = sorted(
+                (qid, s.encryption_key, s.ratchet_key, s.next_sequence, s.last_rotation)
+                for qid, s in states.items()
+            )
+            for chunk in _chunks(updates):
+                await conn.execute(self._update_values_sql(len(chunk)), *_flat(chunk))
+        if rows:
+            for chunk in _chunks(sorted(rows)):
+                await conn.execute(self._insert_values_sql(len(chunk)), *_flat(chunk))
+
+    def _update_values_sql(self, n: int) -> str:
+        sql = self._update_values.get(n)
+        if sql is None:
+            values = ", ".join(f"(${i}, ${i + 1}, ${i + 2}, ${i + 3}, ${i + 4})" for i in range(1, 5 * n, 5))
+            sql = self._update_values[n] = (
+                f"UPDATE {self.queues} SET encryption_key = v.column2, ratchet_key = v.column3, "
+                "next_sequence = v.column4, last_rotation = v.column5 "
+                f"FROM (VALUES {values}) AS v WHERE {self.queues}.queue_id = v.column1"
+            )
+        return sql
+
+    def _insert_values_sql(self, n: int) -> str:
+        sql = self._insert_values.get(n)
+        if sql is None:
+            values = ", ".join(f"(${i}, ${i + 1}, ${i + 2}, ${i + 3}, ${i + 4})" for i in range(1, 5 * n, 5))
+            sql = self._insert_values[n] = (
+                f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
+                f"VALUES {values}"
+            )
+        return sql
 
     async def insert_items(self, conn: Connection, items: Iterable[tuple[bytes, QueueMessage]]) -> None:
         rows = [(qid, m.sequence_number, int(m.item_type), m.kem_output, m.ciphertext) for qid, m in items]

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from phx.crypto import PHX_PREFIX, CipherSuite, suite
 from phx.errors import AuthError, ExpiredError, NotFound, ValidationError
 from phx.identifiers import Fqdn, GroupId, QsCid, QsUid
 from phx.mls.key_package import is_last_resort
 from phx.mls.leaf_validation import validate_key_package
-from phx.queues import QueueMessage, QueueState, Random, enqueue, new_queue, rotate
+from phx.queues import QueueItemType, QueueMessage, QueueState, Random, new_queue, rotate
+from phx.queues.ratchet import stepper
 
 from .messages import (
     LABEL_AUTH_TOKEN,
@@ -33,6 +35,7 @@ from .messages import (
 __all__ = [
     "CLOCK_SKEW",
     "MIN_FRIENDSHIP_TOKEN",
+    "BatchPlan",
     "ClientRecord",
     "DeliveryPlan",
     "DeliveryTarget",
@@ -47,6 +50,7 @@ __all__ = [
     "expiry_cutoff",
     "new_client_record",
     "new_user_record",
+    "plan_batch",
     "plan_deliveries",
     "update_blocklist",
     "update_client_record",
@@ -321,6 +325,91 @@ class DeliveryPlan:
     delivered: list[Delivery] = field(default_factory=list)
 
 
+#: A queue row as :meth:`phx.queues.store.QueueStore.save_rows` stores it:
+#: (queue id, sequence number, item type, kem_output, ciphertext).
+ItemRow = tuple[bytes, int, int, bytes, bytes]
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What a batch of fan-outs does to the queues: one new state per queue that grew (whatever the number
+    of messages it got), the rows to insert, per fan-out the configs without a queue, and the last delivery
+    into each queue (for the post-commit wake-up or push)."""
+
+    states: dict[bytes, QueueState]
+    rows: list[ItemRow]
+    deleted: list[list[ClientQueueConfig]]
+    delivered: list[Delivery]
+
+
+_MESSAGE = int(QueueItemType.MESSAGE)
+
+
+def plan_batch(
+    cs: CipherSuite,
+    fan_outs: Iterable[tuple[Sequence[LocalRecipient], GroupId, bytes, int]],
+    targets: Mapping[bytes, DeliveryTarget],
+    states: Mapping[bytes, QueueState],
+    *,
+    rotation_interval: int,
+    random: Random = os.urandom,
+) -> BatchPlan:
+    """:func:`plan_deliveries` for several fan-outs in order, each ``(recipients, group id, payload,
+    now)``, as the fan-out loop needs it: a queue's ratchet key and sequence number are carried from one
+    message to the next in a small list, and only the final state per queue becomes a :class:`QueueState`
+    (the intermediate keys are never kept). The result is exactly that of :func:`plan_deliveries` run on
+    each fan-out in turn with the states it returned."""
+    step = stepper(cs)
+    # queue id -> [ratchet key, next sequence, last rotation, encryption key]
+    work: dict[bytes, list[Any]] = {}
+    rows: list[ItemRow] = []
+    deleted: list[list[ClientQueueConfig]] = []
+    latest: dict[bytes, Unsealed] = {}
+    for recipients, group_id, payload, now in fan_outs:
+        dead: list[ClientQueueConfig] = []
+        deleted.append(dead)
+        seen: set[bytes] = set()
+        for rcpt in recipients:
+            u = rcpt.unsealed
+            qid = u.queue_id
+            target = targets.get(qid)
+            if target is None:
+                dead.append(rcpt.config)
+                continue
+            w = work.get(qid)
+            if w is None:
+                state = states.get(qid)
+                if state is None:
+                    dead.append(rcpt.config)
+                    continue
+                w = [state.ratchet_key, state.next_sequence, state.last_rotation, state.encryption_key]
+                work[qid] = w
+            if qid in seen:
+                continue
+            seen.add(qid)
+            if target.blocklist and blocklist_hash(target.blocklist_salt, group_id) in target.blocklist:
+                continue
+            seq = w[1]
+            if now - w[2] >= rotation_interval:
+                rotated, update = rotate(cs, QueueState(w[3], w[0], seq, w[2]), now, random=random)
+                rows.append((qid, seq, int(update.item_type), update.kem_output, update.ciphertext))
+                seq = rotated.next_sequence
+                w[0], w[2] = rotated.ratchet_key, now
+            ct, w[0] = step(w[0], seq, payload)
+            w[1] = seq + 1
+            rows.append((qid, seq, _MESSAGE, b"", ct))
+            latest[qid] = u
+    new_states = {}
+    delivered = []
+    for qid, u in latest.items():
+        w = work[qid]
+        new_states[qid] = QueueState(w[3], w[0], w[1], w[2])
+        delivered.append(
+            Delivery(qid, w[1], u.queue_config.option_push_token_key, targets[qid].encrypted_push_token)
+        )
+    return BatchPlan(new_states, rows, deleted, delivered)
+
+
 def plan_deliveries(
     cs: CipherSuite,
     recipients: Sequence[LocalRecipient],
@@ -336,29 +425,16 @@ def plan_deliveries(
     """Encrypt ``payload`` into each recipient's queue. A recipient without a client record (or queue) is
     reported deleted; one whose blocklist holds the group is skipped silently; a client named twice gets
     it once. ``targets`` and ``states`` are keyed by queue id."""
-    plan = DeliveryPlan()
-    seen: set[bytes] = set()
-    for rcpt in recipients:
-        qid = rcpt.unsealed.queue_id
-        target = targets.get(qid)
-        state = states.get(qid)
-        if target is None or state is None:
-            plan.deleted.append(rcpt.config)
-            continue
-        if qid in seen:
-            continue
-        seen.add(qid)
-        if target.blocklist and blocklist_hash(target.blocklist_salt, group_id) in target.blocklist:
-            continue
-        new_state, items = enqueue(
-            cs, state, (payload,), now, rotation_interval=rotation_interval, random=random
-        )
-        plan.states[qid] = new_state
-        for item in items:
-            plan.items.append((qid, item))
-        push_key = rcpt.unsealed.queue_config.option_push_token_key
-        plan.delivered.append(Delivery(qid, new_state.next_sequence, push_key, target.encrypted_push_token))
-    return plan
+    batch = plan_batch(
+        cs,
+        [(recipients, group_id, payload, now)],
+        targets,
+        states,
+        rotation_interval=rotation_interval,
+        random=random,
+    )
+    items = [(r[0], QueueMessage(r[1], QueueItemType(r[2]), r[3], r[4])) for r in batch.rows]
+    return DeliveryPlan(batch.states, items, batch.deleted[0], batch.delivered)
 
 
 def require(value: object | None, what: str) -> None:

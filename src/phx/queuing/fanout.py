@@ -22,7 +22,7 @@ from phx.config import QsConfig
 from phx.crypto import CipherSuite
 from phx.errors import PhxError, Unavailable, ValidationError
 from phx.identifiers import Fqdn, GroupId
-from phx.queues import QueueState, Random
+from phx.queues import Random
 from phx.storage import Connection, Database
 
 from . import core
@@ -57,6 +57,8 @@ DEFAULT_CONFIG_CACHE = 100_000
 DEFAULT_BATCH = 64
 #: Most fan-out transactions in flight at once (PostgreSQL; SQLite always runs one).
 DEFAULT_PARALLEL = 2
+#: Bound on the cache of decoded group ids (first in, first out).
+_GROUP_ID_CACHE = 10_000
 
 
 class RemoteForwarder(Protocol):
@@ -132,6 +134,7 @@ class FanOutDeliverer:
         self.random = random
         self._qc_private = queue_config_key
         self._cache: OrderedDict[bytes, core.Unsealed | None] = OrderedDict()
+        self._group_ids: dict[bytes, GroupId] = {}
         self._cache_size = cache_size
         self._batch = max(1, batch)
         self._pending: list[_Job] = []
@@ -208,50 +211,56 @@ class FanOutDeliverer:
         """The work a fan-out needs before any transaction: group id, unsealed configs, payload."""
         content = fan_out.message_content
         return PreparedFanOut(
-            content.group_id(),
+            self._group_id(content),
             content,
             core.classify_configs(fan_out.client_queue_configs, self.domain, self.unseal),
             FanOutQueuePayload(now, content).encode(),
             now,
         )
 
+    def _group_id(self, content: MessageContent) -> GroupId:
+        """``content.group_id()``, decoded once per MLS group id (a busy group sends many messages)."""
+        raw = content.mls_group_id()
+        if raw is None:
+            return content.group_id()
+        cache = self._group_ids
+        gid = cache.get(raw)
+        if gid is None:
+            gid = content.group_id()
+            if len(cache) >= _GROUP_ID_CACHE:
+                cache.pop(next(iter(cache)))
+            cache[raw] = gid
+        return gid
+
     async def enqueue_in(self, conn: Connection, fan_outs: Sequence[PreparedFanOut]) -> EnqueueResult:
         """Deliver prepared fan-outs, in order, inside the caller's transaction ``conn`` (remote configs go
         to the forwarder in it too). Call :meth:`after_commit` with the result once ``conn`` committed."""
         owners = {r.unsealed.queue_id: r.unsealed.qs_uid for f in fan_outs for r in f.classified.local}
         targets, states = await self.store.lock_delivery_targets(conn, owners)
-        changed: dict[bytes, QueueState] = {}
-        items = []
+        plan = core.plan_batch(
+            self.cs,
+            [(f.classified.local, f.group_id, f.payload, f.now) for f in fan_outs],
+            targets,
+            states,
+            rotation_interval=self.config.ratchet_key_rotation_interval,
+            random=self.random,
+        )
+        await self.store.queues.save_rows(conn, plan.states, plan.rows)
         deleted: list[list[QueueDeleted]] = []
-        latest: dict[bytes, core.Delivery] = {}
-        for f in fan_outs:
-            plan = core.plan_deliveries(
-                self.cs,
-                f.classified.local,
-                targets,
-                states,
-                f.group_id,
-                f.payload,
-                f.now,
-                rotation_interval=self.config.ratchet_key_rotation_interval,
-                random=self.random,
-            )
-            states.update(plan.states)
-            changed.update(plan.states)
-            items.extend(plan.items)
-            deleted.append([QueueDeleted(c, f.group_id) for c in (*plan.deleted, *f.classified.unusable)])
-            for d in plan.delivered:
-                latest[d.queue_id] = d
-        await self.store.queues.save(conn, changed, items)
-        for f in fan_outs:
+        for f, dead in zip(fan_outs, plan.deleted, strict=True):
+            unusable = f.classified.unusable
+            deleted.append([QueueDeleted(c, f.group_id) for c in (*dead, *unusable)])
             for domain, configs in f.classified.remote.items():
                 await self.forwarder.forward(conn, domain, configs, f.content)
-        return EnqueueResult(deleted, list(latest.values()))
+        return EnqueueResult(deleted, plan.delivered)
 
     async def after_commit(self, deliveries: Sequence[core.Delivery]) -> None:
         """Wake live listeners, or push to clients with none (never raises for a push failure)."""
+        listeners = self.listeners
         for d in deliveries:
-            await self._after_delivery(d)
+            # Most queues have neither a listener nor a push token: no coroutine for them.
+            if d.encrypted_push_token is not None or listeners.is_listening(d.queue_id):
+                await self._after_delivery(d)
 
     async def _run(self, jobs: list[_Job]) -> None:
         async with self.db.transaction() as conn:
