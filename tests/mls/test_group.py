@@ -177,6 +177,23 @@ def test_pending_commit_takes_effect_only_when_merged() -> None:
         a.merge_pending_commit()
 
 
+def test_pending_epoch_group_info_is_what_the_new_epoch_signs() -> None:
+    _, (a, b) = make_group(2)
+    with pytest.raises(MlsError, match="no pending commit"):
+        a.pending_group_info()
+    with pytest.raises(MlsError, match="no pending commit"):
+        _ = a.pending_context
+    a.commit(now=NOW, path=True)
+    pending = a.pending_group_info()
+    assert a.pending_context.epoch == a.epoch + 1 == pending.group_context.epoch
+    assert pending.group_context == a.pending_context
+    a.merge_pending_commit()
+    current = a.group_info(ratchet_tree=False, external_pub=True).group_info
+    assert current is not None
+    assert current.group_context == pending.group_context
+    verify_group_info_signature(CS, pending, a.own_leaf.signature_key)  # raises if not signed by a
+
+
 def test_received_commit_discards_our_pending_commit() -> None:
     _, (a, b) = make_group(2)
     a.commit(now=NOW)

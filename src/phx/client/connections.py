@@ -199,7 +199,7 @@ async def _join(
         raise ValidationError("the connection group holds other users than the one who sent the request")
     params = JoinConnectionGroupParams(
         commit_message, cep.connection_group_ear_key,
-        pending_group_info_update(group, leaf.signature_private_key), await s.queue_config(),
+        pending_group_info_update(group), await s.queue_config(),
     )  # fmt: skip
     row = GroupRow(
         gid, "connection", "", group.to_bytes(), cep.connection_group_ear_key,

@@ -163,7 +163,7 @@ def update_plan(s: Session) -> CommitPlan:
     def build(row: GroupRow, group: Group) -> Struct:
         aad = UpdateClientParamsAad(None).encode()
         result = group.commit(now=s.clock(), path=True, authenticated_data=aad)
-        return UpdateClientParams(result.commit, row.ear_key, pending_group_info_update(group, row.leaf_key))
+        return UpdateClientParams(result.commit, row.ear_key, pending_group_info_update(group))
 
     async def send(row: GroupRow, group: Group, params: Struct) -> None:
         assert isinstance(params, UpdateClientParams)
@@ -219,7 +219,7 @@ async def resync(
         capabilities=CAPABILITIES, remove=old.leaf_index, credential_validator=check_leaf,
         config=GROUP_CONFIG,
     )  # fmt: skip
-    params = ResyncClientParams(message, row.ear_key, pending_group_info_update(group, row.leaf_key))
+    params = ResyncClientParams(message, row.ear_key, pending_group_info_update(group))
     await s.api.resync_client(row.group_id, params, DsAuth(DsSenderId.leaf(old.leaf_index), row.leaf_key))
     group.merge_pending_commit()
     chains = [(m.leaf_index, m.encrypted_credential_information) for m in info.credential_chains]
@@ -345,7 +345,7 @@ async def invite(s: Session, group_text: str, user_text: str) -> GroupRow:
             wai.seal(wai_key, gid), seal_bundle_credential_key(wai_key, gid, row.credential_key)
         )
         return AddUsersParams(
-            result.commit, row.ear_key, pending_group_info_update(group, row.leaf_key), result.welcome,
+            result.commit, row.ear_key, pending_group_info_update(group), result.welcome,
             tuple(sealed for _ in infos),
         )  # fmt: skip
 
@@ -377,7 +377,7 @@ async def remove(s: Session, group_text: str, user_text: str) -> GroupRow:
 
     def build(row: GroupRow, group: Group) -> Struct:
         result = group.commit(now=s.clock(), remove=leaves)
-        return RemoveUsersParams(result.commit, row.ear_key, pending_group_info_update(group, row.leaf_key))
+        return RemoveUsersParams(result.commit, row.ear_key, pending_group_info_update(group))
 
     async def send(r: GroupRow, group: Group, params: Struct) -> None:
         assert isinstance(params, RemoveUsersParams)

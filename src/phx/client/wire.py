@@ -39,10 +39,9 @@ from phx.credentials import (
 )
 from phx.crypto import PHX_PREFIX, SUITE_1, CipherSuite, HpkeError
 from phx.delivery.messages import ROLES_EXTENSION_TYPE, GroupInfoUpdate
-from phx.errors import DecodeError, ValidationError
+from phx.errors import DecodeError, MlsError, ValidationError
 from phx.identifiers import ClientId, GroupId
 from phx.mls.group import Group
-from phx.mls.group_commit import build_group_info
 from phx.mls.key_package import KeyPackageBundle, create_key_package, default_capabilities
 from phx.mls.messages import Credential, Extension, HPKECiphertext, find_extension
 from phx.queuing.messages import QUEUE_CONFIG_EXTENSION_TYPE, AddPackage, ClientQueueConfig
@@ -446,19 +445,19 @@ def open_connection_establishment(private_key: bytes, data: bytes, *, cs: Cipher
 # --- MLS glue ----------------------------------------------------------------------------------------
 
 
-def pending_group_info_update(group: Group, signature_private_key: bytes) -> GroupInfoUpdate:
+def pending_group_info_update(group: Group) -> GroupInfoUpdate:
     """The committer's signature over the GroupInfo of its pending commit's epoch (with ``external_pub``,
     without the tree), which the DS rebuilds and stores."""
-    pending = group._pending  # the engine exposes no public accessor for the pending epoch yet
-    if pending is None:
-        raise ValidationError("no pending commit")
-    gi = build_group_info(CS, pending.state, signature_private_key, ratchet_tree=False, external_pub=True)
+    try:
+        gi = group.pending_group_info()
+    except MlsError as e:
+        raise ValidationError("no pending commit") from e
     return GroupInfoUpdate(gi.signature, gi.extensions)
 
 
 def pending_context(group: Group) -> bytes:
     """The encoded GroupContext the pending commit (or external join) would move the group to."""
-    pending = group._pending
-    if pending is None:
-        raise ValidationError("no pending commit")
-    return pending.state.context.encode()
+    try:
+        return group.pending_context.encode()
+    except MlsError as e:
+        raise ValidationError("no pending commit") from e

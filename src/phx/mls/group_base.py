@@ -25,7 +25,7 @@ from phx.mls.group_state import (
     PendingCommit,
 )
 from phx.mls.key_package import CredentialValidator
-from phx.mls.messages import Extension, GroupContext, LeafNode, MLSMessage, PreSharedKeyID, ReInit
+from phx.mls.messages import Extension, GroupContext, GroupInfo, LeafNode, MLSMessage, PreSharedKeyID, ReInit
 from phx.mls.secret_tree import SecretTree
 from phx.mls.tree import RatchetTree
 from phx.mls.welcome import PskStore, ResumptionLookup, resolve_psk_secret
@@ -163,6 +163,22 @@ class GroupBase:
             self.cs, self._state, self._sig_priv, ratchet_tree=ratchet_tree, external_pub=ep, extra=extensions
         )
         return MLSMessage(gi)
+
+    def pending_group_info(self, *, ratchet_tree: bool = False, external_pub: bool = True) -> GroupInfo:
+        """The signed GroupInfo of the epoch our pending commit (or external join) moves to; the DS
+        rebuilds it from the signature (Phoenix "GroupInfo updates"). Raises MlsError without one."""
+        if self._pending is None:
+            raise MlsError("no pending commit")
+        return build_group_info(
+            self.cs, self._pending.state, self._sig_priv, ratchet_tree=ratchet_tree, external_pub=external_pub
+        )
+
+    @property
+    def pending_context(self) -> GroupContext:
+        """The GroupContext of the epoch our pending commit moves to. Raises MlsError without one."""
+        if self._pending is None:
+            raise MlsError("no pending commit")
+        return self._pending.state.context
 
     # --- epoch changes ---------------------------------------------------------------------------------
     def _framing_for(self, state: EpochState, secret_tree: SecretTree | None = None) -> FramingContext:
