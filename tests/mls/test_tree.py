@@ -8,6 +8,7 @@ import pytest
 
 from phx.crypto import SUITE_1, CipherSuite
 from phx.errors import DecodeError, MlsError
+from phx.mls import tree_math as tm
 from phx.mls.messages import (
     Capabilities,
     Credential,
@@ -290,6 +291,175 @@ def test_original_tree_hash_blanks_unmerged_leaves() -> None:
     assert with_f.node_tree_hash(11) != without_f.node_tree_hash(11)
     assert with_f.original_tree_hash(11, {5}) == without_f.node_tree_hash(11)
     assert with_f.original_tree_hash(11, {1}) == with_f.node_tree_hash(11)
+
+
+# --- subtree counters: resolution, filtered paths, free leaf, truncation ---------------------------------
+
+
+def naive_resolution(t: RatchetTree, x: int, exclude: frozenset[int] = frozenset()) -> list[int]:
+    """§4.1.1 verbatim, walking every node (the reference for the counter-based resolution)."""
+    node = t.node(x)
+    if x % 2 == 0:
+        return [] if node is None or x // 2 in exclude else [x]
+    if node is not None:
+        assert isinstance(node, ParentNode)
+        return [x] + [2 * u for u in node.unmerged_leaves if u not in exclude]
+    return naive_resolution(t, tm.left(x), exclude) + naive_resolution(t, tm.right(x), exclude)
+
+
+def check_against_naive(t: RatchetTree, rng: random.Random) -> None:
+    members = [i for i, _ in t.leaves()]
+    exclude = frozenset(rng.sample(members, min(2, len(members))))
+    for x in range(t.width):
+        assert t.resolution(x) == naive_resolution(t, x), x
+        assert t.resolution(x, exclude) == naive_resolution(t, x, exclude), x
+        assert t.has_nonblank(x) == any(t.node(y) is not None for y in range(t.width) if _under(y, x))
+    for i in members:
+        naive_path = [
+            p
+            for p in t.direct_path(i)
+            if naive_resolution(t, tm.sibling(_child_on_path(t, i, p), t.n_leaves))
+        ]
+        assert t.filtered_direct_path(i) == naive_path
+    blank = [i for i in range(t.n_leaves) if t.leaf(i) is None]
+    assert t.leftmost_blank_leaf() == (blank[0] if blank else t.n_leaves)
+    nodes = [t.node(x) for x in range(t.width)]
+    while nodes and nodes[-1] is None:
+        nodes.pop()
+    assert len(t.wire_nodes()) == len(nodes)
+
+
+def _under(y: int, x: int) -> bool:
+    lo, hi = x - (1 << tm.level(x)) + 1, x + (1 << tm.level(x)) - 1
+    return lo <= y <= hi
+
+
+def _child_on_path(t: RatchetTree, leaf: int, p: int) -> int:
+    """The node of ``leaf``'s path (the leaf itself included) whose parent is ``p``."""
+    chain = [2 * leaf, *t.direct_path(leaf)]
+    return chain[chain.index(p) - 1]
+
+
+def test_counters_match_naive_walks_under_random_edits() -> None:
+    rng = random.Random(11)
+    t = build([0])
+    serial = 1
+    for step in range(300):
+        op = rng.random()
+        members = [i for i, _ in t.leaves()]
+        if op < 0.4 or len(members) < 2:
+            index = t.add_leaf(fake_leaf(serial))
+            assert t.leaf(index) is not None
+            serial += 1
+        elif op < 0.6:
+            t.remove_leaf(rng.choice(members[1:]))
+        elif op < 0.7:
+            t.update_leaf(rng.choice(members), fake_leaf(serial))
+            serial += 1
+        elif op < 0.85:
+            i = rng.choice(members)
+            t.blank_direct_path(i)
+            for p in t.filtered_direct_path(i):
+                t.set_node(p, fake_parent(serial))
+                serial += 1
+        else:
+            # Raw writes, including parents over blank subtrees (states no valid tree has).
+            p = rng.randrange(1, t.width, 2)
+            t.set_node(p, None if rng.random() < 0.5 else fake_parent(serial))
+            serial += 1
+            t.truncate()
+        if step % 3 == 0:
+            check_against_naive(t, rng)
+        if step % 50 == 0:
+            c = t.copy()
+            check_against_naive(c, rng)
+            assert RatchetTree.decode(CS, t.encode()) == t
+    check_against_naive(t, rng)
+
+
+class CountingList(list[Any]):
+    """A list that counts item reads, to bound how many nodes/counters an operation looks at."""
+
+    reads = 0
+
+    def __getitem__(self, i: Any) -> Any:
+        CountingList.reads += 1
+        return super().__getitem__(i)
+
+
+def counted(t: RatchetTree) -> RatchetTree:
+    """``t`` with its node array and subtree counters replaced by counting lists."""
+    for name in ("_nodes", "_fill", "_members", "_hashes"):
+        setattr(t, name, CountingList(getattr(t, name)))
+    CountingList.reads = 0
+    return t
+
+
+def reads_of(fn: Any) -> int:
+    CountingList.reads = 0
+    fn()
+    return CountingList.reads
+
+
+def big_fake_tree(members: int) -> RatchetTree:
+    return RatchetTree(CS, [fake_leaf(x // 2) if x % 2 == 0 else None for x in range(2 * members - 1)])
+
+
+def test_resolution_skips_blank_subtrees() -> None:
+    # Two members at the ends of a 16,384-leaf tree: every parent and 16,382 leaves blank.
+    t = build([0])
+    while t.n_leaves < 16384:
+        t._extend()
+    t.set_leaf(16383, fake_leaf(1))
+    t = counted(t)
+    assert t.resolution(t.root) == [0, 2 * 16383]
+    # Walking the tree would read all 32,767 nodes; the counters confine it to the two root-to-leaf paths
+    # (29 nodes, 3 reads each: the node and its children's counters).
+    assert reads_of(lambda: t.resolution(t.root)) <= 3 * 29
+    assert reads_of(lambda: t.has_nonblank(t.root - 1)) == 1
+    assert reads_of(lambda: t.filtered_direct_path(0)) <= 2 * 15
+    assert t.filtered_direct_path(0) == [t.root]
+
+
+def test_filtered_path_of_last_member_is_logarithmic() -> None:
+    # 10,000 members in 16,384 slots, all parents blank (as after a 9,999-add commit without path).
+    t = counted(big_fake_tree(10_000))
+    path = t.filtered_path_with_copath(9999)
+    reads = reads_of(lambda: t.filtered_path_with_copath(9999))
+    # The copath subtrees right of leaf 9,999 hold 6,384 blank leaves; none of them is visited.
+    assert reads <= 2 * 14, reads
+    assert [c for _, c in path] == [c for c in t.copath(9999) if naive_resolution(t, c)]
+
+
+def test_free_leaf_is_logarithmic() -> None:
+    t = counted(big_fake_tree(10_000))
+    assert reads_of(lambda: t.leftmost_blank_leaf()) <= 2 * 15
+    assert t.free_leaf() == 10_000
+    t.remove_leaf(1234)
+    assert reads_of(lambda: t.leftmost_blank_leaf()) <= 2 * 15
+    assert t.free_leaf() == 1234
+
+
+def test_adding_many_members_costs_n_log_n() -> None:
+    t = counted(build([0]))
+    reads = reads_of(lambda: [t.add_leaf(fake_leaf(i)) for i in range(1, 1000)])
+    assert t.member_count() == 1000 and t.leftmost_blank_leaf() == 1000
+    # A scan for the free leaf per add reads ~n^2/2 = 500,000 nodes; per-add O(log n) work stays far below.
+    assert reads <= 1000 * 10 * 12, reads
+
+
+def test_remove_and_truncate_are_logarithmic() -> None:
+    t = counted(big_fake_tree(10_000))
+    # Removing the last member truncates 16,384 -> 8,192 slots without walking the 6,384 blank leaves.
+    reads = reads_of(lambda: t.remove_leaf(9999))
+    assert t.n_leaves == 16384
+    assert reads <= 10 * 15, reads
+    for i in range(8192, 9999):
+        t.remove_leaf(i)
+    assert t.n_leaves == 8192
+    assert reads_of(lambda: t.remove_leaf(8191)) <= 10 * 15
+    assert t.n_leaves == 8192
+    assert reads_of(lambda: t.encode()) <= 3 * 8192 + 2 * 14
 
 
 # --- leaf validation -----------------------------------------------------------------------------------
