@@ -120,3 +120,60 @@ def test_low_order_point_is_refused() -> None:
     sk, _ = HPKE.generate_key_pair()
     with pytest.raises(HpkeError):
         HPKE.open(bytes(32), sk, b"", b"", b"x" * 16)
+
+
+@pytest.mark.parametrize(("title", "aead"), CASES)
+def test_sealer_matches_rfc9180_first_encryption(title: str, aead: object) -> None:
+    vec = _section(title)
+    s, first = vec["setup"], vec["encryptions"][0]  # type: ignore[index]
+    assert isinstance(s, dict) and isinstance(first, dict) and first["seq"] == "0"
+    h = bytes.fromhex
+    hpke = Hpke(DHKEM_X25519, HKDF_SHA256, aead)  # type: ignore[arg-type]
+    sealer = hpke.sealer(h(s["info"]))
+    for _ in range(2):  # the shared info part is reused, not consumed
+        enc, ct = sealer.seal(h(s["pkRm"]), h(first["aad"]), h(first["pt"]), eph_sk=h(s["skEm"]))
+        assert (enc, ct) == (h(s["enc"]), h(first["ct"]))
+
+
+def test_sealer_output_opens_with_ordinary_open_and_pyhpke() -> None:
+    from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey
+
+    other = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.AES128_GCM)
+    info = b"i" * 5000
+    sealer = HPKE.sealer(info)
+    keys = [HPKE.generate_key_pair() for _ in range(3)]
+    sealed = [sealer.seal(pk, b"aad", b"secret %d" % i) for i, (_, pk) in enumerate(keys)]
+    assert len({enc for enc, _ in sealed}) == 3  # a fresh ephemeral key per recipient
+    for i, ((sk, _), (enc, ct)) in enumerate(zip(keys, sealed, strict=True)):
+        assert HPKE.open(enc, sk, info, b"aad", ct) == b"secret %d" % i
+        rkey = KEMKey.from_pyca_cryptography_key(X25519PrivateKey.from_private_bytes(sk))
+        assert other.create_recipient_context(enc, rkey, info).open(ct, b"aad") == b"secret %d" % i
+    with pytest.raises(HpkeError):
+        HPKE.open(sealed[0][0], keys[0][0], info + b"x", b"aad", sealed[0][1])
+
+
+def test_x25519_agrees_with_openssl_and_refuses_bad_keys() -> None:
+    for _ in range(5):
+        sk, pk = HPKE.generate_key_pair()
+        ours = X25519PrivateKey.from_private_bytes(sk)
+        assert pk == ours.public_key().public_bytes_raw()
+        other_sk, other_pk = HPKE.generate_key_pair()
+        assert DHKEM_X25519._dh(sk, other_pk) == ours.exchange(X25519PublicKey.from_public_bytes(other_pk))
+    with pytest.raises(HpkeError):
+        DHKEM_X25519.public_key(b"short")
+    with pytest.raises(HpkeError):
+        HPKE.seal(b"\x01" + bytes(31), b"", b"", b"x")  # u = 1 has order 1: all-zero shared secret
+    with pytest.raises(HpkeError):
+        HPKE.seal(pk[:31], b"", b"", b"x")
+
+
+@pytest.mark.parametrize("length", [0, 1, 16, 31, 32, 33, 64, 65, 100, 255 * 32])
+def test_hkdf_expand_matches_cryptography(length: int) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+    prk, info = bytes(range(32)), b"context info"
+    expected = HKDFExpand(hashes.SHA256(), length, info).derive(prk) if length else b""
+    assert HKDF_SHA256.expand(prk, info, length) == expected
+    with pytest.raises(ValueError):
+        HKDF_SHA256.expand(prk, info, 255 * 32 + 1)

@@ -1,19 +1,28 @@
-"""HPKE (RFC 9180), base mode, built on `cryptography` primitives.
+"""HPKE (RFC 9180), base mode, built on `cryptography` (AEAD) and libsodium (X25519) primitives.
 
 The `cryptography` HPKE API offers neither the secret exporter nor DeriveKeyPair, both of which MLS
 needs, so the key schedule is written out here. Only DHKEM(X25519, HKDF-SHA256) is provided as a KEM
 and HKDF-SHA256 as a KDF; the AEAD is pluggable. The module is checked against the RFC 9180 test
 vectors (tests/crypto/test_hpke.py) and cross-checked with the independent `pyhpke` package.
+
+X25519 is computed on raw bytes with libsodium: a `cryptography` key object costs one scalar
+multiplication to build (OpenSSL derives the public key on import), so an encap through key objects
+took four multiplications where two are needed, and libsodium's fixed-base multiplication is about
+twice as fast as a variable-base one. Both libraries reject the same inputs: low-order points, whose
+shared secret is all zero (RFC 9180 §7.1.4). :class:`Sealer` seals to many recipients under one
+``info`` and computes the ``info``-dependent part of the key schedule once.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
+import nacl.bindings
+import nacl.exceptions
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from phx.errors import ValidationError
@@ -37,6 +46,9 @@ class Kdf:
         return hmac.digest(salt or bytes(self.nh), ikm, self.hash_name)
 
     def expand(self, prk: bytes, info: bytes, length: int) -> bytes:
+        if length <= self.nh:
+            # One block, the common case (every MLS secret and key): T(1) = HMAC(prk, info || 0x01).
+            return hmac.digest(prk, info + b"\x01", self.hash_name)[:length]
         if length > 255 * self.nh:
             raise ValueError("HKDF-Expand length too large")
         out = b""
@@ -123,22 +135,24 @@ class DhkemX25519:
         return sk, self.public_key(sk)
 
     def generate_key_pair(self) -> tuple[bytes, bytes]:
-        sk = X25519PrivateKey.generate().private_bytes_raw()
+        # Any 32 bytes are an X25519 private key (the scalar is clamped when used).
+        sk = os.urandom(self.nsk)
         return sk, self.public_key(sk)
 
     @staticmethod
     def public_key(sk: bytes) -> bytes:
-        try:
-            return X25519PrivateKey.from_private_bytes(sk).public_key().public_bytes_raw()
-        except ValueError as e:
-            raise HpkeError("malformed X25519 private key") from e
+        if len(sk) != 32:
+            raise HpkeError("malformed X25519 private key")
+        return nacl.bindings.crypto_scalarmult_base(sk)
 
     @staticmethod
     def _dh(sk: bytes, pk: bytes) -> bytes:
+        if len(sk) != 32 or len(pk) != 32:
+            raise HpkeError("X25519 exchange failed: wrong key length")
         try:
-            return X25519PrivateKey.from_private_bytes(sk).exchange(X25519PublicKey.from_public_bytes(pk))
-        except ValueError as e:
-            # Wrong length, or a low-order point giving an all-zero shared secret.
+            return nacl.bindings.crypto_scalarmult(sk, pk)
+        except nacl.exceptions.RuntimeError as e:
+            # libsodium refuses low-order points, whose shared secret would be all zero.
             raise HpkeError("X25519 exchange failed") from e
 
     def _extract_and_expand(self, dh: bytes, kem_context: bytes) -> bytes:
@@ -146,7 +160,7 @@ class DhkemX25519:
         return self._labeled_expand(eae_prk, b"shared_secret", kem_context, self.nsecret)
 
     def encap(self, pk_r: bytes, eph_sk: bytes | None = None) -> tuple[bytes, bytes]:
-        sk_e = eph_sk if eph_sk is not None else X25519PrivateKey.generate().private_bytes_raw()
+        sk_e = eph_sk if eph_sk is not None else os.urandom(self.nsk)
         enc = self.public_key(sk_e)
         dh = self._dh(sk_e, pk_r)
         return self._extract_and_expand(dh, enc + pk_r), enc
@@ -197,6 +211,8 @@ class Hpke:
             + kdf.kdf_id.to_bytes(2, "big")
             + aead.aead_id.to_bytes(2, "big")
         )
+        # Base mode has no PSK: psk_id_hash is a constant of the suite.
+        self._psk_id_hash = self.labeled_extract(b"", b"psk_id_hash", b"")
 
     def labeled_extract(self, salt: bytes, label: bytes, ikm: bytes) -> bytes:
         return self.kdf.extract(salt, b"HPKE-v1" + self.suite_id + label + ikm)
@@ -205,11 +221,13 @@ class Hpke:
         labeled_info = length.to_bytes(2, "big") + b"HPKE-v1" + self.suite_id + label + info
         return self.kdf.expand(prk, labeled_info, length)
 
+    def key_schedule_context(self, info: bytes) -> bytes:
+        """``key_schedule_context`` of RFC 9180 §5.1 in base mode: everything that depends on ``info``."""
+        # mode 0x00: base mode, no PSK, no sender authentication.
+        return b"\x00" + self._psk_id_hash + self.labeled_extract(b"", b"info_hash", info)
+
     def _key_schedule(self, shared_secret: bytes, info: bytes) -> Context:
-        mode = b"\x00"  # base mode: no PSK, no sender authentication
-        psk_id_hash = self.labeled_extract(b"", b"psk_id_hash", b"")
-        info_hash = self.labeled_extract(b"", b"info_hash", info)
-        ks_context = mode + psk_id_hash + info_hash
+        ks_context = self.key_schedule_context(info)
         secret = self.labeled_extract(shared_secret, b"secret", b"")
         return Context(
             suite=self,
@@ -238,6 +256,36 @@ class Hpke:
 
     def generate_key_pair(self) -> tuple[bytes, bytes]:
         return self.kem.generate_key_pair()
+
+    def sealer(self, info: bytes) -> Sealer:
+        """Single-shot seals to many recipients under the same ``info`` (see :class:`Sealer`)."""
+        return Sealer(self, info)
+
+
+class Sealer:
+    """Single-shot base-mode seals (:meth:`Hpke.seal`) to many recipients under one ``info``.
+
+    The ``info_hash`` of the key schedule is computed once instead of per recipient, which matters when
+    ``info`` is large (an MLS Welcome's info embeds the encrypted GroupInfo, possibly the whole ratchet
+    tree: hashing it per recipient is O(n^2) bytes). Each seal is the usual encap with a fresh
+    ephemeral key and key derivation; recipients open with the ordinary :meth:`Hpke.open`.
+    """
+
+    __slots__ = ("_hpke", "_ks_context")
+
+    def __init__(self, hpke: Hpke, info: bytes) -> None:
+        self._hpke = hpke
+        self._ks_context = hpke.key_schedule_context(info)
+
+    def seal(self, pk_r: bytes, aad: bytes, pt: bytes, eph_sk: bytes | None = None) -> tuple[bytes, bytes]:
+        """Returns (enc, ciphertext); ``eph_sk`` only for tests (deterministic encap)."""
+        hpke, ctx = self._hpke, self._ks_context
+        shared_secret, enc = hpke.kem.encap(pk_r, eph_sk)
+        secret = hpke.labeled_extract(shared_secret, b"secret", b"")
+        key = hpke.labeled_expand(secret, b"key", ctx, hpke.aead.nk)
+        base_nonce = hpke.labeled_expand(secret, b"base_nonce", ctx, hpke.aead.nn)
+        # Sequence number 0: the nonce is the base nonce.
+        return enc, hpke.aead.seal(key, base_nonce, aad, pt)
 
 
 DHKEM_X25519 = DhkemX25519()

@@ -167,45 +167,17 @@ def build_welcome(
     encrypted_group_info = cs.seal(key, nonce, b"", group_info.encode())
     psks = tuple(psk_ids)
     entries = []
-    seal = _WelcomeSealer(cs, encrypted_group_info)
+    # EncryptWithLabel(init_key, "Welcome", encrypted_group_info, .) for every recipient. The HPKE info
+    # embeds encrypted_group_info (maybe the whole ratchet tree): the sealer hashes it once, not n times.
+    sealer = cs.hpke.sealer(_label_info(WELCOME_LABEL, encrypted_group_info))
     for r in recipients:
         secrets = GroupSecrets(
             joiner_secret, None if r.path_secret is None else PathSecret(r.path_secret), psks
         )
-        kem_output, ct = seal(r.key_package.init_key, secrets.encode())
+        kem_output, ct = sealer.seal(r.key_package.init_key, b"", secrets.encode())
         ref = make_key_package_ref(cs, r.key_package.encode())
         entries.append(EncryptedGroupSecrets(ref, HPKECiphertext(kem_output, ct)))
     return Welcome(cs.suite_id, tuple(entries), encrypted_group_info)
-
-
-class _WelcomeSealer:
-    """``EncryptWithLabel(init_key, "Welcome", encrypted_group_info, .)`` for many recipients.
-
-    The HPKE ``info`` embeds ``encrypted_group_info`` (which may carry the whole ratchet tree), and base
-    mode hashes ``info`` once per seal: with n recipients that is O(n^2) bytes hashed. Everything of the
-    HPKE key schedule (RFC 9180 §5.1) that depends only on ``info`` is therefore computed once here; the
-    per-recipient part is the usual encap and key derivation. Joiners decrypt with the ordinary
-    ``DecryptWithLabel``, and the tests check that the two agree.
-    """
-
-    def __init__(self, cs: CipherSuite, encrypted_group_info: bytes) -> None:
-        hpke = cs.hpke
-        self._hpke = hpke
-        info = _label_info(WELCOME_LABEL, encrypted_group_info)
-        self._ks_context = (
-            b"\x00"
-            + hpke.labeled_extract(b"", b"psk_id_hash", b"")
-            + hpke.labeled_extract(b"", b"info_hash", info)
-        )
-
-    def __call__(self, public_key: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
-        hpke, ctx = self._hpke, self._ks_context
-        shared_secret, enc = hpke.kem.encap(public_key)
-        secret = hpke.labeled_extract(shared_secret, b"secret", b"")
-        key = hpke.labeled_expand(secret, b"key", ctx, hpke.aead.nk)
-        base_nonce = hpke.labeled_expand(secret, b"base_nonce", ctx, hpke.aead.nn)
-        # Sequence number 0: the nonce is the base nonce.
-        return enc, hpke.aead.seal(key, base_nonce, b"", plaintext)
 
 
 def _label_info(label: bytes, context: bytes) -> bytes:
