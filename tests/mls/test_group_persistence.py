@@ -96,7 +96,7 @@ def test_corrupt_state_is_a_decode_error() -> None:
     with pytest.raises(DecodeError):
         Group.from_bytes(data[:-1])
     with pytest.raises(DecodeError):
-        Group.from_bytes(b"\x02" + data[1:])
+        Group.from_bytes(b"\xff" + data[1:])
     with pytest.raises(DecodeError):
         Group.from_bytes(data + b"\x00")
 

@@ -18,7 +18,7 @@ from phx.mls.messages import (
     Node,
     ParentNode,
 )
-from phx.mls.tree import RatchetTree
+from phx.mls.tree import HASH_CACHE_FLOOR, RatchetTree
 from phx.mls.tree_validation import check_leaf_keys_unique, check_leaf_node, validate_tree
 
 CS = SUITE_1
@@ -291,6 +291,103 @@ def test_original_tree_hash_blanks_unmerged_leaves() -> None:
     assert with_f.node_tree_hash(11) != without_f.node_tree_hash(11)
     assert with_f.original_tree_hash(11, {5}) == without_f.node_tree_hash(11)
     assert with_f.original_tree_hash(11, {1}) == with_f.node_tree_hash(11)
+
+
+# --- hash cache export / import -----------------------------------------------------------------------
+
+
+def full_tree(cs: CipherSuite, n: int) -> RatchetTree:
+    return RatchetTree(cs, [fake_leaf(x // 2) if x % 2 == 0 else fake_parent(x) for x in range(2 * n - 1)])
+
+
+def test_hash_cache_round_trip_spares_rehashing() -> None:
+    counter = CountingSuite(CS)
+    t = full_tree(CS, 1024)
+    cache = t.export_hash_cache()
+    assert cache[0] == HASH_CACHE_FLOOR and len(cache) == 1 + 32 * (2047 - 1024 - 512)
+    back = RatchetTree.decode(cast(CipherSuite, counter), t.encode())
+    assert back.import_hash_cache(cache, t.tree_hash())
+    assert back.tree_hash() == t.tree_hash() and counter.hashes == 0
+    # A path write then rehashes the path plus the few uncached hashes of levels 0 and 1 beside it.
+    back.update_leaf(300, fake_leaf(5000))
+    for p in back.filtered_direct_path(300):
+        back.set_node(p, fake_parent(p + 10_000))
+    back.set_path_parent_hashes(300)
+    assert back.tree_hash() == RatchetTree.decode(CS, back.encode()).tree_hash()
+    assert counter.hashes <= 3 * 11 + 4
+    # Without the cache the same restore hashes all 2,047 nodes.
+    counter.hashes = 0
+    RatchetTree.decode(cast(CipherSuite, counter), t.encode()).tree_hash()
+    assert counter.hashes == 2047
+
+
+@pytest.mark.parametrize("floor", [0, 1, 2, 5])
+def test_imported_cache_stays_exact_under_random_edits(floor: int) -> None:
+    rng = random.Random(floor)
+    t = full_tree(CS, 64)
+    t.remove_leaf(60)
+    serial = 1000
+    back = RatchetTree.decode(CS, t.encode())
+    assert back.import_hash_cache(t.export_hash_cache(floor), t.tree_hash())
+    for _ in range(150):
+        members = [i for i, _ in back.leaves()]
+        op = rng.random()
+        if op < 0.3:
+            back.add_leaf(fake_leaf(serial))
+        elif op < 0.5 and len(members) > 1:
+            back.remove_leaf(rng.choice(members[1:]))
+        elif op < 0.7:
+            back.update_leaf(rng.choice(members), fake_leaf(serial))
+        else:
+            i = rng.choice(members)
+            back.blank_direct_path(i)
+            for p in back.filtered_direct_path(i):
+                back.set_node(p, fake_parent(serial + p))
+        serial += 100
+        if rng.random() < 0.3:
+            # Re-export and re-import mid-way, at another floor, as a DS does on every request.
+            again = RatchetTree.decode(CS, back.encode())
+            assert again.import_hash_cache(back.export_hash_cache(rng.randrange(4)), back.tree_hash())
+            back = again
+        fresh = RatchetTree.decode(CS, back.encode())
+        assert back.tree_hash() == fresh.tree_hash()
+        x = rng.randrange(back.width)
+        assert back.node_tree_hash(x) == fresh.node_tree_hash(x)
+
+
+def test_export_computes_missing_hashes_below_the_imported_floor() -> None:
+    t = full_tree(CS, 16)
+    back = RatchetTree.decode(CS, t.encode())
+    back.import_hash_cache(t.export_hash_cache(3))
+    assert back.export_hash_cache(0) == t.export_hash_cache(0)
+
+
+def test_small_trees_export_down_to_their_root() -> None:
+    for n in (1, 2):
+        t = full_tree(CS, n)
+        cache = t.export_hash_cache()
+        assert cache[0] == n - 1 and cache[-32:] == t.tree_hash()
+        back = RatchetTree.decode(CS, t.encode())
+        assert back.import_hash_cache(cache, t.tree_hash()) and back.tree_hash() == t.tree_hash()
+
+
+def test_hash_cache_shape_and_root_are_checked() -> None:
+    counter = CountingSuite(CS)
+    t = full_tree(CS, 8)
+    cache = t.export_hash_cache()
+    back = RatchetTree.decode(cast(CipherSuite, counter), t.encode())
+    for bad in (b"", cache[:-1], cache + b"\x00", bytes([4]) + cache[1:], bytes([1]) + cache[1:]):
+        with pytest.raises(DecodeError):
+            back.import_hash_cache(bad)
+    assert not back.import_hash_cache(cache, bytes(32))
+    # A cache whose root is not the expected one is ignored: the hashes come from the nodes.
+    wrong = cache[:-32] + bytes(32)
+    assert not back.import_hash_cache(wrong, t.tree_hash())
+    assert back.tree_hash() == t.tree_hash() and counter.hashes == 15
+    # A cache of another tree of the same shape is not detectable without a root to compare.
+    other = full_tree(CS, 8)
+    other.update_leaf(3, fake_leaf(99))
+    assert RatchetTree.decode(CS, t.encode()).import_hash_cache(other.export_hash_cache())
 
 
 # --- subtree counters: resolution, filtered paths, free leaf, truncation ---------------------------------

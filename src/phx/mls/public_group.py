@@ -86,7 +86,8 @@ __all__ = [
 ]
 
 GROUP_INFO_TBS = b"GroupInfoTBS"
-_STATE_VERSION = 1
+# 1: without the tree-hash cache; 2: the cache follows the tree (still reads 1).
+_STATE_VERSION = 2
 
 
 class UnknownGroup(MlsError):
@@ -487,7 +488,8 @@ class PublicGroup:
 
     # --- persistence --------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """The whole state (the DS encrypts it at rest). Restored by :meth:`from_bytes`."""
+        """The whole state (the DS encrypts it at rest), with the tree-hash cache so that restoring a
+        large group does not rehash its tree. Restored by :meth:`from_bytes`."""
         w = Writer()
         w.u8(_STATE_VERSION)
         w.u16(self.cs.suite_id)
@@ -495,18 +497,23 @@ class PublicGroup:
         w.opaque(self.interim_transcript_hash)
         w.opaque(self.confirmation_tag)
         self.tree.write(w)
+        w.opaque(self.tree.export_hash_cache())
         w.opaque(self.store.encode())
         w.optional(self.group_info, Writer.struct)
         return w.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PublicGroup:
-        """Restore :meth:`to_bytes` output. The state is the DS's own, so it is not re-validated beyond
-        decoding and the tree/context consistency of sizes; its tree hash is recomputed lazily."""
+        """Restore :meth:`to_bytes` output (current or version 1). The state is the DS's own, so it is not
+        re-validated beyond decoding and the tree/context consistency of sizes, and its tree-hash cache is
+        trusted after a check of its root against the context (see
+        :meth:`RatchetTree.import_hash_cache`: the DS stores this state encrypted under a key it does not
+        keep, so only state it wrote comes back). Without a usable cache (version 1) the tree hashes are
+        recomputed lazily."""
 
         def read(r: Reader) -> PublicGroup:
             version = r.u8()
-            if version != _STATE_VERSION:
+            if version not in (1, _STATE_VERSION):
                 raise DecodeError(f"unknown public group state version {version}")
             cs = suite(r.u16())
             ctx = GroupContext.read(r)
@@ -518,6 +525,8 @@ class PublicGroup:
                 tree = RatchetTree.from_wire_nodes(cs, decode_ratchet_tree(_opaque_with_header(r)))
             except MlsError as e:
                 raise DecodeError(f"public group state: bad tree: {e}") from e
+            if version >= 2:
+                tree.import_hash_cache(r.opaque(), ctx.tree_hash)
             store = ProposalStore.decode(cs, r.opaque())
             gi = r.optional(GroupInfo.read)
             return cls(cs, tree, ctx, interim, tag, store=store, group_info=gi)

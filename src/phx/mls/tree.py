@@ -25,16 +25,22 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from operator import add
+from typing import cast
 
 from phx.codec import Writer
 from phx.crypto import CipherSuite
-from phx.errors import MlsError
+from phx.errors import DecodeError, MlsError
 from phx.mls import tree_math as tm
 from phx.mls.messages import LeafNode, LeafNodeSource, Node, ParentNode, decode_ratchet_tree
 
-__all__ = ["RatchetTree", "TreeNode"]
+__all__ = ["HASH_CACHE_FLOOR", "RatchetTree", "TreeNode"]
 
 TreeNode = LeafNode | ParentNode
+
+#: Lowest level whose hashes :meth:`RatchetTree.export_hash_cache` writes by default. Levels 0 and 1 are
+#: three quarters of the nodes; a missing one costs one hash (a leaf) or three (a level-1 subtree) when a
+#: write next to it needs it, so dropping them makes the export 4x smaller for O(1) extra work per path.
+HASH_CACHE_FLOOR = 2
 
 
 def _opaque(b: bytes) -> bytes:
@@ -485,6 +491,65 @@ class RatchetTree:
         if not any(lo <= u <= hi for u in removed_leaves):
             return self.node_tree_hash(x)
         return self._compute_hash(x, lambda c: self.original_tree_hash(c, removed_leaves), removed_leaves)
+
+    # --- hash cache persistence ------------------------------------------------------------------
+    def export_hash_cache(self, floor: int = HASH_CACHE_FLOOR) -> bytes:
+        """The tree hashes of every node at level >= ``floor`` (computing missing ones), to restore this
+        tree later without rehashing it (:meth:`import_hash_cache`).
+
+        Format: ``u8 floor``, then the hashes level by level from ``floor`` to the root, each level in
+        array order (``floor`` is lowered to the root's level for trees smaller than that).
+        """
+        hashes = self._hashes
+        width = len(hashes)
+        top = tm.level(width >> 1)
+        floor = min(floor, top)
+        self.tree_hash()
+        out = bytearray((floor,))
+        for k in range(floor, top + 1):
+            start, step = (1 << k) - 1, 1 << (k + 1)
+            level = hashes[start::step]
+            if None in level:
+                # Below self._hash_floor hashes may be missing even with the root's computed.
+                level = [self.node_tree_hash(x) for x in range(start, width, step)]
+            out += b"".join(cast(list[bytes], level))
+        return bytes(out)
+
+    def import_hash_cache(self, data: bytes, expected_root: bytes | None = None) -> bool:
+        """Install hashes written by :meth:`export_hash_cache` for this same tree, replacing the cache.
+
+        **Trusted input only.** The hashes are not recomputed (that is the cost the cache saves), so a
+        wrong cache means wrong tree hashes, GroupContexts and parent hashes. Use it only for state this
+        party wrote itself and got back with integrity: the DS's group state (stored encrypted under a
+        key the DS does not keep, so only ciphertexts the DS produced decrypt), a client's own group
+        state. Never for hashes that come from a peer: a tree received in a Welcome or GroupInfo is
+        always hashed from its nodes.
+
+        Checked cheaply: the shape (floor and length fit this tree; :class:`DecodeError` otherwise) and,
+        with ``expected_root`` (the GroupContext's tree_hash), the cached root. A root that differs
+        leaves the cache as it was (hashes are then computed from the nodes, as without a cache) and
+        returns False; True once installed.
+        """
+        nh = self.suite.nh
+        width = len(self._nodes)
+        top = tm.level(width >> 1)
+        if not data or data[0] > top:
+            raise DecodeError("tree hash cache: bad floor level")
+        floor = data[0]
+        sizes = [(width + 1) >> (k + 1) for k in range(floor, top + 1)]
+        if len(data) != 1 + sum(sizes) * nh:
+            raise DecodeError("tree hash cache does not fit the tree")
+        if expected_root is not None and data[-nh:] != expected_root:
+            return False
+        hashes: list[bytes | None] = [None] * width
+        pos = 1
+        for k, m in zip(range(floor, top + 1), sizes, strict=True):
+            hashes[(1 << k) - 1 :: 1 << (k + 1)] = [data[i : i + nh] for i in range(pos, pos + m * nh, nh)]
+            pos += m * nh
+        self._hashes = hashes
+        # Every node at level >= floor now has its hash, so the invalidation rule of _touch holds there.
+        self._hash_floor = floor
+        return True
 
     # --- parent hash (§7.9) -----------------------------------------------------------------------
     def parent_hash(self, p: int, sibling: int) -> bytes:
