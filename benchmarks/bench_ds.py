@@ -63,6 +63,7 @@ from phx.mls.group import Group  # noqa: E402
 from phx.mls.group_commit import build_group_info  # noqa: E402
 from phx.mls.key_package import create_key_package, default_capabilities  # noqa: E402
 from phx.mls.messages import Credential, CredentialType, make_external_senders_extension  # noqa: E402
+from phx.privacypass import TokenClass  # noqa: E402
 from phx.queuing.messages import (  # noqa: E402
     QUEUE_CONFIG_EXTENSION_TYPE,
     ClientQueueConfig,
@@ -100,6 +101,13 @@ class Clock:
 class AcceptAll:
     async def redeem(self, token: bytes, now: int) -> None:
         return None
+
+
+class AcceptLocal:
+    """The DS's redeemer double: every token is a local client's."""
+
+    async def redeem(self, token: bytes, now: int) -> TokenClass:
+        return TokenClass.LOCAL
 
 
 class NullSink:
@@ -270,7 +278,8 @@ def show(prof: cProfile.Profile | None) -> None:
 async def bench_size(db: Database, n: int, repeat: int, commits: int, profile: str | None) -> None:
     clock = Clock()
     qs = await QsService.open(db, QsConfig(), DOMAIN, clock=clock, redeemer=AcceptAll())
-    ds = await DsService.open(db, DsConfig(), DOMAIN, sink=LocalQsSink(qs), redeemer=AcceptAll(), clock=clock)
+    qs_sink = LocalQsSink(qs)
+    ds = await DsService.open(db, DsConfig(), DOMAIN, sink=qs_sink, redeemer=AcceptLocal(), clock=clock)
     b = Bench(db, ds, qs, clock)
     t0 = time.perf_counter()
     await b.create()

@@ -224,7 +224,8 @@ class Client:
 
     async def fetch_tokens(self, n: int) -> None:
         keys = TokenKeysResponse.decode(await call(self.service, "get_token_keys", plain_request(Empty())))
-        pending = request_tokens(keys.public_key, phoenix_challenge(self.service.domain), n)
+        key = keys.key_for(self.client_id.domain, self.service.domain)
+        pending = request_tokens(key, phoenix_challenge(self.service.domain), n)
         body = await self.call("request_tokens", RequestToken(pending.request), token=False)
         response = TokenResponse.decode(body).token_response
         self.tokens.extend(t.encode() for t in finalize_tokens(pending, response))

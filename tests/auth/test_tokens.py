@@ -11,6 +11,7 @@ from phx.errors import RateLimited, TokenError
 from phx.identifiers import Fqdn
 from phx.privacypass import (
     AmortizedBatchTokenRequest,
+    TokenClass,
     TokenRedeemer,
     TokenRequestError,
     UnknownTokenKey,
@@ -133,6 +134,39 @@ async def test_remote_clients_get_tokens_within_per_domain_limits(db: Database) 
     remote.revoked.add(three.cred.fingerprint())
     with pytest.raises(RevokedCredential):
         await three.fetch_tokens(1)
+
+
+async def test_token_keys_publish_a_key_per_client_class(db: Database) -> None:
+    remote = RemoteAs(Fqdn("remote.example"), FakeClock().now)
+    service = await make_service(db, remote_credentials=remote)
+    keys = TokenKeysResponse.decode(await call(service, "get_token_keys", plain_request(Empty())))
+    current = await service.token_keys.current(service.clock())
+    assert keys.public_key == current.key.public_key
+    assert keys.federated_public_key == current.federated.public_key != keys.public_key
+    assert keys.key_for(DOMAIN, DOMAIN) == keys.public_key
+    assert keys.key_for(remote.domain, DOMAIN) == keys.federated_public_key
+    # Each client verifies its batch proof under its class's published key (fetch_tokens does), and the
+    # redeemer tells the classes apart.
+    local = await Client.new(service).register(tokens=2)
+    stranger = remote.as_client(service)
+    await stranger.fetch_tokens(2)
+    now = service.clock()
+    assert await service.redeemer.redeem(local.token(), now) is TokenClass.LOCAL
+    assert await service.redeemer.redeem(stranger.token(), now) is TokenClass.FEDERATED
+
+
+async def test_no_client_gets_tokens_of_the_other_class(db: Database) -> None:
+    remote = RemoteAs(Fqdn("remote.example"), FakeClock().now)
+    service = await make_service(db, remote_credentials=remote)
+    keys = TokenKeysResponse.decode(await call(service, "get_token_keys", plain_request(Empty())))
+    if keys.public_key[-1:] == keys.federated_public_key[-1:]:  # pragma: no cover - 1/256
+        pytest.skip("truncated key ids collide")
+    local = await Client.new(service).register(tokens=0)
+    stranger = remote.as_client(service)
+    for client, other_key in ((local, keys.federated_public_key), (stranger, keys.public_key)):
+        pending = request_tokens(other_key, phoenix_challenge(DOMAIN), 1)
+        with pytest.raises(UnknownTokenKey):
+            await client.call("request_tokens", RequestToken(pending.request), token=False)
 
 
 async def test_local_allowance_is_not_limited_per_domain(db: Database) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from phx.codec import Struct
@@ -45,6 +45,7 @@ from phx.mls.messages import (
     MLSMessage,
     make_external_senders_extension,
 )
+from phx.privacypass import TokenClass, TokenRedeemer
 from phx.queuing.messages import (
     QUEUE_CONFIG_EXTENSION_TYPE,
     ClientQueueConfig,
@@ -74,22 +75,38 @@ class FakeClock:
 
 
 class AcceptAll:
-    """Privacy Pass double: accepts every token (the AS's redeemer is wired by the lead)."""
+    """Privacy Pass double: accepts every token; tokens listed in ``federated`` are of the federated
+    class (a client of another homeserver), all others local."""
 
     def __init__(self) -> None:
         self.redeemed: list[bytes] = []
+        self.federated: set[bytes] = set()
 
-    async def redeem(self, token: bytes, now: int) -> None:
+    async def redeem(self, token: bytes, now: int) -> TokenClass:
         self.redeemed.append(token)
+        return TokenClass.FEDERATED if token in self.federated else TokenClass.LOCAL
 
 
 class SingleUse(AcceptAll):
     """Like the real redeemer: a token is accepted once."""
 
-    async def redeem(self, token: bytes, now: int) -> None:
+    async def redeem(self, token: bytes, now: int) -> TokenClass:
         if token in self.redeemed:
             raise TokenError("token has already been spent")
-        await super().redeem(token, now)
+        return await super().redeem(token, now)
+
+
+class Redeeming(AcceptAll):
+    """A real redeemer (:class:`phx.privacypass.TokenRedeemer`) behind the double's bookkeeping."""
+
+    def __init__(self, real: TokenRedeemer) -> None:
+        super().__init__()
+        self.real = real
+
+    async def redeem(self, token: bytes, now: int) -> TokenClass:
+        token_class = await self.real.redeem(token, now)
+        self.redeemed.append(token)
+        return token_class
 
 
 class RecordingSink:
@@ -179,6 +196,8 @@ class Harness:
     redeemer: AcceptAll
     ear_key: bytes = field(default_factory=lambda: os.urandom(32))
     gid: GroupId | None = None
+    tokens: Callable[[bool], bytes] | None = None
+    """Where fresh tokens come from (argument: federated class wanted); None: random bytes."""
 
     @classmethod
     async def start(
@@ -211,10 +230,18 @@ class Harness:
         token: bytes | None = b"",
         timestamp: int | None = None,
         group_id: GroupId | None = None,
-        remote: Fqdn | None = None,
+        remote: bool = False,
     ) -> bytes:
-        """One request; ``signer``/``sender`` make the DsAuthToken; ``token`` b"" means a fresh one."""
-        pp = os.urandom(16) if token == b"" else token
+        """One request; ``signer``/``sender`` make the DsAuthToken; ``token`` b"" means a fresh one;
+        ``remote``: spend a token of the federated class (a client of another homeserver)."""
+        if token != b"":
+            pp = token
+        elif self.tokens is not None:
+            pp = self.tokens(remote)
+        else:
+            pp = os.urandom(16)
+            if remote:
+                self.redeemer.federated.add(pp)
         if signer is None:
             req = DsRequest.unsigned(params, privacy_pass_token=pp)
         else:
@@ -223,7 +250,7 @@ class Harness:
                 op.value, params, group_id or self.group_id, sender, signer,
                 self.now if timestamp is None else timestamp, privacy_pass_token=pp,
             )  # fmt: skip
-        return await self.service.handle(op.value, req.encode(), remote=remote)
+        return await self.service.handle(op.value, req.encode())
 
     async def as_member(self, op: Operation, params: Struct, client: Client, **kw: object) -> bytes:
         return await self.call(op, params, client.sig_priv, DsSenderId.leaf(client.leaf), **kw)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from phx.config import DsConfig
-from phx.delivery.core import NotAdmin, PendingProposals
+from phx.delivery.core import LocalClientsOnly, NotAdmin, PendingProposals
 from phx.delivery.messages import (
     AddUsersParams,
     AddUsersParamsAad,
@@ -33,7 +33,6 @@ from phx.errors import (
     BadRequest,
     Conflict,
     ExpiredError,
-    Forbidden,
     MlsError,
     NotFound,
     SignatureError,
@@ -374,8 +373,8 @@ async def test_application_message_checks(h: Harness) -> None:
 
 async def test_group_creation_checks(h: Harness) -> None:
     alice = Client.new("alice")
-    with pytest.raises(Forbidden):
-        await h.call(Operation.REQUEST_GROUP_ID, None, remote=Fqdn("other.example"))
+    with pytest.raises(LocalClientsOnly):
+        await h.call(Operation.REQUEST_GROUP_ID, None, remote=True)
     gid = RequestGroupIdResponse.decode(await h.call(Operation.REQUEST_GROUP_ID, None)).group_id
     h.gid = gid
     ds = h.service.verifying_key_response().external_sender
@@ -400,8 +399,8 @@ async def test_group_creation_checks(h: Harness) -> None:
         await create(params([not_ds, make_roles_extension((0,))]))
     with pytest.raises(NotAdmin):
         await create(params([make_external_senders_extension([ds]), make_roles_extension(())]))
-    with pytest.raises(Forbidden):
-        await create(params(good), remote=Fqdn("other.example"))
+    with pytest.raises(LocalClientsOnly):
+        await create(params(good), remote=True)
     unreserved = GroupId.random(DOMAIN)
     with pytest.raises(NotFound, match="reservation"):
         await create(params(good, unreserved), group_id=unreserved)

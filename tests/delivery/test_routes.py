@@ -16,8 +16,7 @@ from phx.delivery.messages import (
     RequestGroupIdResponse,
     SendMessageParams,
 )
-from phx.delivery.routes import ds_local_routes, ds_routes
-from phx.identifiers import Fqdn
+from phx.delivery.routes import ds_local_routes
 from phx.queuing.messages import LocalEnqueueResponse, QueueDeleted
 from phx.server import create_app
 from phx.storage import Database
@@ -29,11 +28,8 @@ async def h(db: Database) -> Harness:
     return await Harness.start(db)
 
 
-def client_for(h: Harness, *, remote: bool = False) -> httpx.AsyncClient:
+def client_for(h: Harness) -> httpx.AsyncClient:
     app = create_app(Config.default(str(DOMAIN)), [h.service])
-    if remote:
-        for route in ds_routes(h.service, origin=lambda r: Fqdn("other.example")):
-            app.router.routes.insert(0, route)
     for route in ds_local_routes(h.service):
         app.router.routes.append(route)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ds.example.com")
@@ -92,7 +88,15 @@ async def test_errors_map_to_their_codes(h: Harness) -> None:
 
 
 async def test_remote_clients_cannot_create_groups(h: Harness) -> None:
-    async with client_for(h, remote=True) as http:
-        body = DsRequest.unsigned(privacy_pass_token=b"pp").encode()
+    """Clients of other homeservers reach the DS on the same routes; their tokens' class gives them away."""
+    h.redeemer.federated.update({b"remote 1", b"remote 2"})
+    async with client_for(h) as http:
+        body = DsRequest.unsigned(privacy_pass_token=b"remote 1").encode()
         r = await http.post("/ds/v1/request_group_id", content=body)
-        assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+        assert (r.status_code, r.json()["error"]) == (403, "local_clients_only")
+        body = DsRequest(b"\x00", None, b"remote 2").encode()  # refused before the params are read
+        r = await http.post("/ds/v1/create_group", content=body)
+        assert (r.status_code, r.json()["error"]) == (403, "local_clients_only")
+        body = DsRequest.unsigned(privacy_pass_token=b"local").encode()
+        r = await http.post("/ds/v1/request_group_id", content=body)
+        assert r.status_code == 200

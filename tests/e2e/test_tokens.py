@@ -1,6 +1,7 @@
 """Token issuance across homeservers, through the production wiring (``phx.server.wiring``) over HTTPS:
 a remote AS authenticates clients of another homeserver by fetching that homeserver's AS credentials,
-limits issuance per origin domain, and a DS accepts only tokens of its own AS."""
+limits issuance per origin domain, and a DS accepts only tokens of its own AS — and from clients of other
+homeservers (federated-class tokens) everything but group creation."""
 
 from __future__ import annotations
 
@@ -57,9 +58,12 @@ async def test_remote_token_issuance_per_domain_limit_and_foreign_tokens(tmp_pat
             await carol.session.tokens.refill(B)
             await carol.session.tokens.refill(B)
 
-            # A DS accepts only tokens of its own AS: a.test's token at ds.b.test is refused, b.test's is not.
+            # A DS accepts only tokens of its own AS: a.test's token at ds.b.test is refused. b.test's token
+            # in alice's hands is of the federated class: it is valid, but requesting a group id (like
+            # creating a group) is only open to b.test's own clients, such as carol.
             foreign = await alice.session.tokens.take(A)
-            own = await alice.session.tokens.take(B)
+            federated = await alice.session.tokens.take(B)
+            own = await carol.session.tokens.take(B)
             verify = ssl.create_default_context(cafile=str(setup.ca_file))
             async with httpx.AsyncClient(verify=verify) as http:
                 url = f"https://127.0.0.1:{setup.ports['b.test']}/ds/v1/request_group_id"
@@ -68,6 +72,9 @@ async def test_remote_token_issuance_per_domain_limit_and_foreign_tokens(tmp_pat
                 body = DsRequest.unsigned(privacy_pass_token=foreign).encode()
                 r = await http.post(url, content=body, headers=headers, extensions=ext)
                 assert (r.status_code, r.json()["error"]) == (401, "bad_token")
+                body = DsRequest.unsigned(privacy_pass_token=federated).encode()
+                r = await http.post(url, content=body, headers=headers, extensions=ext)
+                assert (r.status_code, r.json()["error"]) == (403, "local_clients_only")
                 body = DsRequest.unsigned(privacy_pass_token=own).encode()
                 r = await http.post(url, content=body, headers=headers, extensions=ext)
                 assert r.status_code == 200

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from phx.errors import TokenError
 from phx.identifiers import Fqdn
 from phx.privacypass import (
+    AmortizedBatchTokenRequest,
     IssuerKeyring,
     Token,
+    TokenClass,
     TokenRedeemer,
     finalize_tokens,
     phoenix_challenge,
@@ -29,18 +32,56 @@ async def redeemer(db: Database) -> TokenRedeemer:
     return TokenRedeemer.for_domain(db, DOMAIN, DAY)
 
 
-async def issue(keyring: IssuerKeyring, now: int, n: int, domain: Fqdn = DOMAIN) -> list[Token]:
-    key = (await keyring.current(now)).key
+async def issue(
+    keyring: IssuerKeyring,
+    now: int,
+    n: int,
+    domain: Fqdn = DOMAIN,
+    token_class: TokenClass = TokenClass.LOCAL,
+) -> list[Token]:
+    key = (await keyring.current(now)).key_for(token_class)
     pending = request_tokens(key.public_key, phoenix_challenge(domain), n)
     return finalize_tokens(pending, key.issue(pending.request, max_batch=100))
 
 
 async def test_token_is_accepted_exactly_once(redeemer: TokenRedeemer) -> None:
     a, b = await issue(redeemer.keyring, T0, 2)
-    await redeemer.redeem(a.encode(), T0 + 10)
+    assert await redeemer.redeem(a.encode(), T0 + 10) is TokenClass.LOCAL
     with pytest.raises(TokenError, match="already been spent"):
         await redeemer.redeem(a.encode(), T0 + 11)
     await redeemer.redeem(b.encode(), T0 + 12)
+
+
+async def test_redemption_tells_the_token_class(redeemer: TokenRedeemer, db: Database) -> None:
+    local = await issue(redeemer.keyring, T0, 2)
+    federated = await issue(redeemer.keyring, T0, 2, token_class=TokenClass.FEDERATED)
+    assert await redeemer.redeem(local[0].encode(), T0 + 1) is TokenClass.LOCAL
+    assert await redeemer.redeem(federated[0].encode(), T0 + 1) is TokenClass.FEDERATED
+    # The class holds for the previous frame's keys too, and in a process with a cold cache.
+    fresh = TokenRedeemer.for_domain(db, DOMAIN, DAY)
+    assert await fresh.redeem(federated[1].encode(), T0 + DAY + 1) is TokenClass.FEDERATED
+    assert await fresh.redeem(local[1].encode(), T0 + DAY + 1) is TokenClass.LOCAL
+
+
+async def test_a_token_cannot_pass_for_the_other_class(redeemer: TokenRedeemer) -> None:
+    """A federated token relabelled with the local key's id (or the reverse) fails the authenticator."""
+    keys = await redeemer.keyring.current(T0)
+    assert keys.key.public_key != keys.federated.public_key
+    assert keys.key.seed == keys.federated.seed  # one stored secret, two independent keys
+    for token_class, other in ((TokenClass.FEDERATED, keys.key), (TokenClass.LOCAL, keys.federated)):
+        (good,) = await issue(redeemer.keyring, T0, 1, token_class=token_class)
+        assert not other.verify(good)
+        relabelled = replace(good, token_key_id=other.key_id)
+        with pytest.raises(TokenError, match="does not verify"):
+            await redeemer.redeem(relabelled.encode(), T0 + 1)
+        # Evaluated under the other class's key but naming its own: refused as well.
+        pending = request_tokens(keys.key_for(token_class).public_key, phoenix_challenge(DOMAIN), 1)
+        misissued = AmortizedBatchTokenRequest(
+            pending.request.token_type, other.truncated_key_id, pending.request.blinded_msgs
+        )
+        with pytest.raises(TokenError, match="proof"):
+            finalize_tokens(pending, other.issue(misissued, max_batch=1))
+        assert await redeemer.redeem(good.encode(), T0 + 1) is token_class
 
 
 async def test_concurrent_double_spend_accepts_one(redeemer: TokenRedeemer, db: Database) -> None:
@@ -51,8 +92,8 @@ async def test_concurrent_double_spend_accepts_one(redeemer: TokenRedeemer, db: 
         *(r.redeem(token.encode(), T0 + 1) for r in (redeemer, other, redeemer, other)),
         return_exceptions=True,
     )
-    assert sum(1 for r in results if r is None) == 1
-    assert all(isinstance(r, TokenError) for r in results if r is not None)
+    assert results.count(TokenClass.LOCAL) == 1
+    assert all(isinstance(r, TokenError) for r in results if r is not TokenClass.LOCAL)
 
 
 async def test_processes_agree_on_the_frame_key(db: Database) -> None:
@@ -60,6 +101,7 @@ async def test_processes_agree_on_the_frame_key(db: Database) -> None:
     a, b = IssuerKeyring(db, DAY), IssuerKeyring(db, DAY)
     ka, kb = await asyncio.gather(a.current(T0 + 5), b.current(T0 + 6))
     assert ka.key.public_key == kb.key.public_key
+    assert ka.federated.public_key == kb.federated.public_key
     assert ka.not_before == T0 and ka.not_after == T0 + DAY - 1
     next_key = await a.current(T0 + DAY)
     assert next_key.key.public_key != ka.key.public_key
@@ -119,8 +161,8 @@ async def test_group_commit_accepts_each_token_once(redeemer: TokenRedeemer, db:
     tokens = await issue(redeemer.keyring, T0, 30)
     raws = [t.encode() for t in tokens] * 2  # every token twice, in one burst
     results = await asyncio.gather(*(redeemer.redeem(r, T0 + 1) for r in raws), return_exceptions=True)
-    accepted = [r for r, res in zip(raws, results, strict=True) if res is None]
+    accepted = [r for r, res in zip(raws, results, strict=True) if res is TokenClass.LOCAL]
     assert sorted(accepted) == sorted(t.encode() for t in tokens)
-    assert all(isinstance(res, TokenError) for res in results if res is not None)
+    assert all(isinstance(res, TokenError) for res in results if res is not TokenClass.LOCAL)
     async with db.transaction(readonly=True) as conn:
         assert await conn.fetchval("SELECT COUNT(*) FROM pp_spent_tokens") == 30

@@ -25,9 +25,10 @@ from phx.privacypass import (
     IssuerKey,
     Token,
     TokenChallenge,
+    TokenClass,
     token_key_id,
 )
-from phx.privacypass.issuer import KEY_INFO
+from phx.privacypass.issuer import KEY_INFO, KEY_INFO_FEDERATED
 from phx.privacypass.tokens import TOKEN_TYPE, token_input
 from tests.conftest import SHARED
 from tests.privacypass import ristretto_ref as ref
@@ -121,6 +122,12 @@ def test_issuer_key_is_rfc9497_derive_key_pair() -> None:
     assert key.key_id == token_key_id(key.public_key)
     data = b"some token input"
     assert key.authenticator(data) == ref.Voprf.evaluate(sk, data)
+    # The federated-class key of the same seed: DeriveKeyPair with its own info.
+    federated = IssuerKey(seed, TokenClass.FEDERATED)
+    fsk = ref.Voprf.derive_key_pair(seed, KEY_INFO_FEDERATED)
+    assert fsk != sk
+    assert federated.public_key == ref.encode(ref.mul(fsk, ref.GENERATOR))
+    assert federated.authenticator(data) == ref.Voprf.evaluate(fsk, data)
 
 
 # --- 3. the batched-tokens draft vectors (type 0x0005) -----------------------------------------------

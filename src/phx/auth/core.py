@@ -30,7 +30,7 @@ enqueue_alias_message                  None                yes
 upload_alias_connection_packages       Alias auth key      yes
 get_alias_connection_package           None                yes
 request_tokens                         Client Credential   no     book: exempt; remote clients too
-get_token_keys                         None                no     the issuer key, fetched anonymously
+get_token_keys                         None                no     both issuer keys, fetched anonymously
 =====================================  ==================  =====  =====================================
 """
 

@@ -426,7 +426,14 @@ class TokenResponse(Struct):
 
 @dataclass(frozen=True, slots=True)
 class TokenKeysResponse(Struct):
-    """The issuer key tokens are issued under now, and the last second it is used for issuance."""
+    """The issuer keys tokens are issued under now, and the last second they are used for issuance:
+    ``public_key`` for clients of this homeserver, ``federated_public_key`` for clients of other
+    homeservers (a client verifies the issuance proof under the key of its class, :meth:`key_for`)."""
 
     public_key: bytes
+    federated_public_key: bytes
     not_after: Annotated[int, U64]
+
+    def key_for(self, client_domain: Fqdn, as_domain: Fqdn) -> bytes:
+        """The key ``as.<as_domain>`` issues to a client of ``client_domain`` under."""
+        return self.public_key if client_domain == as_domain else self.federated_public_key

@@ -32,7 +32,7 @@ from phx.credentials import ClientCredential, ClientCsr, CredentialError, issue_
 from phx.crypto import SUITE_1, CipherSuite, HpkeError
 from phx.errors import AuthError, Conflict, Forbidden, NotFound, TokenError, ValidationError
 from phx.identifiers import ClientId, Fqdn, UserId
-from phx.privacypass import IssuerKeyring, TokenRedeemer, phoenix_challenge
+from phx.privacypass import IssuerKeyring, TokenClass, TokenRedeemer, phoenix_challenge
 from phx.queues import QueueState, new_queue
 from phx.storage import Database
 
@@ -588,26 +588,29 @@ class AsService:
     async def _op_request_tokens(self, op: Operation, request: AsRequest, now: int) -> Struct:
         cred = await self._client(op, request, now, remote=True)
         p = RequestToken.decode(request.params)
-        key = await self.token_keys.current(now)
-        batch = key.key.parse(p.token_request, max_batch=self.config.max_tokens_per_request)
         remote = cred.client_id.domain != self.domain
+        # Clients of other homeservers get tokens under the frame's other key: a DS redeeming one knows
+        # the holder is not ours (and may not create groups), and learns nothing more about it.
+        keys = await self.token_keys.current(now)
+        key = keys.key_for(TokenClass.FEDERATED if remote else TokenClass.LOCAL)
+        batch = key.parse(p.token_request, max_batch=self.config.max_tokens_per_request)
         domain_limit = self.config.domain_token_allowance
         await self.store.charge_tokens(
             cred.client_id,
             len(batch),
-            epoch=key.epoch,
+            epoch=keys.epoch,
             allowance=self.config.token_allowance,
             remote_domain_allowance=domain_limit if remote and domain_limit > 0 else None,
             now=now,
             frame=self.config.token_time_frame,
         )
-        return TokenResponse(key.key.evaluate(batch))
+        return TokenResponse(key.evaluate(batch))
 
     async def _op_get_token_keys(self, op: Operation, request: AsRequest, now: int) -> Struct:
         if request.params:
             raise ValidationError("get_token_keys takes no params")
-        key = await self.token_keys.current(now)
-        return TokenKeysResponse(key.key.public_key, key.not_after)
+        keys = await self.token_keys.current(now)
+        return TokenKeysResponse(keys.key.public_key, keys.federated.public_key, keys.not_after)
 
 
 _CLIENT_AUTH_MODES = (core.AuthMode.CLIENT_CREDENTIAL, core.AuthMode.CLIENT_2FA, core.AuthMode.PENDING_CLIENT)

@@ -61,9 +61,12 @@ class TokenCache:
         self.state.drop_tokens(domain.value)
 
     async def refill(self, domain: Fqdn) -> None:
+        auth = self.auth()
         keys = await self.api.token_keys(domain)
-        pending = request_tokens(keys.public_key, phoenix_challenge(domain), self.batch)
-        response = await self.api.request_tokens(domain, RequestToken(pending.request), self.auth())
+        # A remote AS issues to us under its key for other homeservers' clients.
+        key = keys.key_for(auth.credential.client_id.domain, domain)
+        pending = request_tokens(key, phoenix_challenge(domain), self.batch)
+        response = await self.api.request_tokens(domain, RequestToken(pending.request), auth)
         tokens = finalize_tokens(pending, response.token_response)
         self.state.add_tokens(domain.value, [t.encode() for t in tokens], self.clock())
         self.fetched += len(tokens)

@@ -68,6 +68,7 @@ from .state import GroupState, Member, month_start, next_month
 __all__ = [
     "CLOCK_SKEW",
     "DsContext",
+    "LocalClientsOnly",
     "NotAdmin",
     "Outputs",
     "PendingProposals",
@@ -88,6 +89,13 @@ _QUEUE_ID_INFO = PHX_PREFIX + b"QueueIdEncryption"
 
 class NotAdmin(Forbidden):
     code = "not_admin"
+
+
+class LocalClientsOnly(Forbidden):
+    """A client of another homeserver (its Privacy Pass token is of the federated class) asked for an
+    endpoint only this homeserver's clients may use: request group id, create group."""
+
+    code = "local_clients_only"
 
 
 class PendingProposals(ValidationError):

@@ -4,7 +4,8 @@
 Privacy Pass token); the answer is the encoded response struct
 (``application/octet-stream``; empty for operations without one). ``POST /ds/v1/verifying_key`` (empty
 body, no token) returns the DS's external-sender key. Errors are raised as :class:`~phx.errors.PhxError`
-and turned into JSON by the app's error middleware.
+and turned into JSON by the app's error middleware. Clients of other homeservers use the same routes; the
+DS tells them apart by the class of their Privacy Pass token, not by anything about the connection.
 
 :func:`ds_local_routes` (``POST /ds/v1/queue_deleted``: a LocalEnqueueResponse listing QueueDeleted
 reports from federated QSs) has no authentication; mount it only where the local QS alone can reach it.
@@ -19,7 +20,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from phx.errors import BadRequest
-from phx.identifiers import Fqdn
 from phx.queuing.messages import LocalEnqueueResponse
 from phx.server.http import read_body
 
@@ -42,30 +42,20 @@ BODY_LIMITS: dict[Operation, int] = {
 }
 LOCAL_LIMIT = 4 << 20
 
-#: Which homeserver a request comes from: None for this homeserver's clients.
-OriginOf = Callable[[Request], Fqdn | None]
 
-
-def _local(request: Request) -> Fqdn | None:
-    return None
-
-
-def _endpoint(
-    service: DsService, op: Operation, origin: OriginOf
-) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(service: DsService, op: Operation) -> Callable[[Request], Awaitable[Response]]:
     limit = BODY_LIMITS.get(op, DEFAULT_BODY_LIMIT)
 
     async def endpoint(request: Request) -> Response:
         body = await read_body(request, limit)
-        answer = await service.handle(op.value, body, remote=origin(request))
+        answer = await service.handle(op.value, body)
         return Response(answer, media_type=OCTETS)
 
     return endpoint
 
 
-def ds_routes(service: DsService, *, origin: OriginOf = _local) -> list[BaseRoute]:
-    """Every public DS route. ``origin`` tells federated requests apart (the federation layer decides);
-    by default every request counts as a local client's."""
+def ds_routes(service: DsService) -> list[BaseRoute]:
+    """Every public DS route, for clients of this and of other homeservers alike."""
 
     async def verifying_key(request: Request) -> Response:
         if await read_body(request, 1024):
@@ -73,7 +63,7 @@ def ds_routes(service: DsService, *, origin: OriginOf = _local) -> list[BaseRout
         return Response(service.verifying_key_response().encode(), media_type=OCTETS)
 
     routes: list[BaseRoute] = [
-        Route(f"/ds/v1/{op.value}", _endpoint(service, op, origin), methods=["POST"]) for op in Operation
+        Route(f"/ds/v1/{op.value}", _endpoint(service, op), methods=["POST"]) for op in Operation
     ]
     routes.append(Route("/ds/v1/verifying_key", verifying_key, methods=["POST"]))
     return routes

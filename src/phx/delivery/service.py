@@ -2,7 +2,9 @@
 
 One request on a group, step by step (:meth:`DsService.handle`):
 
-1. decode the :class:`~.messages.DsRequest` and redeem the Privacy Pass token (every endpoint);
+1. decode the :class:`~.messages.DsRequest` and redeem the Privacy Pass token (every endpoint); the
+   token's class tells clients of other homeservers apart, who may not request group ids or create
+   groups (book: federation/use_cases.md);
 2. in one write transaction: lock the group's row (PostgreSQL ``FOR UPDATE``; SQLite's single writer),
    take the decrypted state from the cache if its version still matches the row and the EAR key's digest
    matches, else decrypt it (the roster only for application messages and queue updates); run the
@@ -38,7 +40,6 @@ from phx.crypto import SUITE_1, CipherSuite
 from phx.errors import (
     Conflict,
     DecodeError,
-    Forbidden,
     NotFound,
     PhxError,
     TokenError,
@@ -46,6 +47,7 @@ from phx.errors import (
     ValidationError,
 )
 from phx.identifiers import Fqdn, GroupId
+from phx.privacypass import TokenClass
 from phx.queuing.messages import FanOutMessage, QueueDeleted
 from phx.storage import Connection, Database
 
@@ -98,15 +100,17 @@ _KEY_SIGNING = "signing_key"
 _KEY_PADDING = "padding_target"
 #: Requests that need the roster only (no ratchet tree, unless DS-induced removals are due).
 ROSTER_ONLY = frozenset({Operation.SEND_MESSAGE, Operation.UPDATE_QUEUE_INFO, Operation.WELCOME_INFO})
-#: Endpoints only local clients may use (book: federation/use_cases.md).
+#: Endpoints only local clients may use (book: federation/use_cases.md): a request spending a token of
+#: :attr:`TokenClass.FEDERATED` is refused with :class:`~.core.LocalClientsOnly`.
 LOCAL_ONLY = frozenset({Operation.REQUEST_GROUP_ID, Operation.CREATE_GROUP})
 DEFAULT_CACHE_BYTES = 256 << 20
 MAINTENANCE_INTERVAL = 300.0
 
 
 class TokenRedeemer(Protocol):
-    async def redeem(self, token: bytes, now: int) -> None:
-        """Accept a Privacy Pass token once; raise :class:`~phx.errors.TokenError` otherwise."""
+    async def redeem(self, token: bytes, now: int) -> TokenClass:
+        """Accept a Privacy Pass token once and say whom it was issued to; raise
+        :class:`~phx.errors.TokenError` otherwise."""
         ...
 
 
@@ -336,21 +340,22 @@ class DsService:
 
     # --- dispatch ------------------------------------------------------------------------------------
 
-    async def handle(self, operation: str, body: bytes, *, remote: Fqdn | None = None) -> bytes:
+    async def handle(self, operation: str, body: bytes) -> bytes:
         """Run one DS operation on its encoded :class:`DsRequest`; returns the encoded response (empty
-        for operations without one). ``remote`` is the homeserver a federated request came from (None: a
-        client of this homeserver)."""
+        for operations without one). Whether the client belongs to this homeserver is the class of the
+        Privacy Pass token it spends (the only thing the DS learns about who is asking)."""
         try:
             op = Operation(operation)
         except ValueError:
             raise NotFound(f"no DS operation {operation!r}") from None
-        if remote is not None and op in LOCAL_ONLY:
-            raise Forbidden(f"{op.value} is only open to clients of this homeserver")
         now = self.clock()
         request = DsRequest.decode(body)
         if request.privacy_pass_token is None:
             raise TokenError("every DS operation needs a Privacy Pass token")
-        await self.redeemer.redeem(request.privacy_pass_token, now)
+        token_class = await self.redeemer.redeem(request.privacy_pass_token, now)
+        if op in LOCAL_ONLY and token_class is not TokenClass.LOCAL:
+            # The token stays spent: the request was made and cost the DS a redemption.
+            raise core.LocalClientsOnly(f"{op.value} is only open to clients of this homeserver")
         if op == Operation.REQUEST_GROUP_ID:
             return (await self._request_group_id(request, now)).encode()
         if op == Operation.CREATE_GROUP:

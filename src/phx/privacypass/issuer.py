@@ -11,6 +11,7 @@ tests/privacypass against the RFC 9497 vectors and against an independent refere
 
 from __future__ import annotations
 
+import enum
 import hmac
 from dataclasses import dataclass
 
@@ -30,17 +31,37 @@ from .tokens import (
 
 __all__ = [
     "KEY_INFO",
+    "KEY_INFO_FEDERATED",
     "SEED_SIZE",
     "BlindedBatch",
     "IssuerKey",
+    "TokenClass",
     "TokenRequestError",
     "UnknownTokenKey",
     "check_request",
 ]
 
 SEED_SIZE = 32
-#: The ``info`` of RFC 9497 DeriveKeyPair for every issuer key.
+#: The ``info`` of RFC 9497 DeriveKeyPair for the key of tokens issued to this homeserver's clients.
 KEY_INFO = b"phx privacy pass issuer key"
+#: ... and for the key of tokens issued to clients of other homeservers (same seed, independent key).
+KEY_INFO_FEDERATED = b"phx privacy pass issuer key federated"
+
+
+class TokenClass(enum.Enum):
+    """Whom a token was issued to: the one bit a redeemer learns about its holder (docs/decisions.md).
+
+    Each time frame has one issuer key per class; a token's key id names its class and its authenticator
+    binds it to that key, so a token of one class cannot pass for the other."""
+
+    LOCAL = "local"
+    """Issued to a client of this homeserver."""
+    FEDERATED = "federated"
+    """Issued to a client of another homeserver (authenticated through that homeserver's AS)."""
+
+    @property
+    def key_info(self) -> bytes:
+        return KEY_INFO if self is TokenClass.LOCAL else KEY_INFO_FEDERATED
 
 
 class TokenRequestError(ValidationError):
@@ -66,15 +87,16 @@ class BlindedBatch:
 
 
 class IssuerKey:
-    """One issuer key pair, derived from a secret seed (RFC 9497 DeriveKeyPair)."""
+    """One issuer key pair, derived from a secret seed (RFC 9497 DeriveKeyPair with the class's info)."""
 
-    __slots__ = ("seed", "_evaluator", "public_key", "key_id")
+    __slots__ = ("seed", "token_class", "_evaluator", "public_key", "key_id")
 
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, token_class: TokenClass = TokenClass.LOCAL) -> None:
         if len(seed) != SEED_SIZE:
             raise ValueError(f"issuer key seed must be {SEED_SIZE} bytes")
         self.seed = seed
-        self._evaluator = ristretto.Evaluator.from_seed(seed, KEY_INFO)
+        self.token_class = token_class
+        self._evaluator = ristretto.Evaluator.from_seed(seed, token_class.key_info)
         self.public_key: bytes = self._evaluator.public_key.serialize()
         self.key_id: bytes = token_key_id(self.public_key)
 

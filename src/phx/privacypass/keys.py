@@ -1,4 +1,9 @@
-"""Issuer key rotation: one key per time frame, shared by every process through the database.
+"""Issuer key rotation: one key pair per time frame, shared by every process through the database.
+
+Each frame has one secret seed and two keys derived from it (RFC 9497 DeriveKeyPair with distinct
+``info``): one for tokens issued to this homeserver's clients and one for clients of other homeservers
+(:class:`~.issuer.TokenClass`), so a redeemer learns from a token's key which class it belongs to and
+nothing else about its holder.
 
 Frame ``e`` covers ``[e * interval, (e + 1) * interval)`` (Unix seconds, so a 1-day interval turns at UTC
 midnight). Tokens are issued under the key of the current frame and redeemable while that key is current
@@ -10,7 +15,8 @@ The key of a frame is created lazily by whichever process needs it first (``INSE
 NOTHING`` on the frame number, then read back), so all processes agree on it. Keys of past frames are never
 created; :meth:`IssuerKeyring.purge` deletes keys (and spent-token records) that can no longer redeem.
 
-Tables (``as`` migrations): ``pp_issuer_keys(epoch, seed, key_id, created_at)``.
+Tables (``as`` migrations): ``pp_issuer_keys(epoch, seed, key_id, created_at)`` (``key_id``: the local
+key's; the federated key is derived from the same seed).
 """
 
 from __future__ import annotations
@@ -20,20 +26,39 @@ from dataclasses import dataclass
 
 from phx.storage import Database
 
-from .issuer import SEED_SIZE, IssuerKey
+from .issuer import SEED_SIZE, IssuerKey, TokenClass
 
-__all__ = ["IssuerKeyring", "KeyEpoch"]
+__all__ = ["ClassKey", "IssuerKeyring", "KeyEpoch"]
 
 
 @dataclass(frozen=True, slots=True)
 class KeyEpoch:
-    """A key together with its frame."""
+    """The keys of one frame."""
 
     epoch: int
     key: IssuerKey
+    """The key of :attr:`TokenClass.LOCAL` tokens."""
+    federated: IssuerKey
+    """The key of :attr:`TokenClass.FEDERATED` tokens."""
     not_before: int
     not_after: int
-    """Last second at which tokens are *issued* under this key (redeemable one frame longer)."""
+    """Last second at which tokens are *issued* under these keys (redeemable one frame longer)."""
+
+    def key_for(self, token_class: TokenClass) -> IssuerKey:
+        return self.key if token_class is TokenClass.LOCAL else self.federated
+
+    def class_keys(self) -> tuple[ClassKey, ClassKey]:
+        local = ClassKey(self.epoch, TokenClass.LOCAL, self.key)
+        return local, ClassKey(self.epoch, TokenClass.FEDERATED, self.federated)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassKey:
+    """One redeemable key: its frame and the class of the tokens it issued."""
+
+    epoch: int
+    token_class: TokenClass
+    key: IssuerKey
 
 
 class IssuerKeyring:
@@ -51,7 +76,14 @@ class IssuerKeyring:
 
     def _wrap(self, epoch: int, seed: bytes) -> KeyEpoch:
         start = epoch * self.interval
-        return KeyEpoch(epoch, IssuerKey(bytes(seed)), start, start + self.interval - 1)
+        seed = bytes(seed)
+        return KeyEpoch(
+            epoch,
+            IssuerKey(seed, TokenClass.LOCAL),
+            IssuerKey(seed, TokenClass.FEDERATED),
+            start,
+            start + self.interval - 1,
+        )
 
     async def current(self, now: int) -> KeyEpoch:
         """The key tokens are issued under at ``now`` (created if this frame has none yet)."""
@@ -75,8 +107,9 @@ class IssuerKeyring:
         self._keys[epoch] = entry
         return entry
 
-    async def redeemable(self, now: int) -> dict[bytes, KeyEpoch]:
-        """Keys under which tokens are accepted at ``now`` (current and previous frame), by key id."""
+    async def redeemable(self, now: int) -> dict[bytes, ClassKey]:
+        """Keys under which tokens are accepted at ``now`` (both classes of the current and the previous
+        frame), by key id."""
         epoch = self.epoch(now)
         if self._loaded_epoch != epoch:
             await self.current(now)
@@ -92,7 +125,12 @@ class IssuerKeyring:
             for e in [e for e in self._keys if e < epoch - 1]:
                 del self._keys[e]
             self._loaded_epoch = epoch
-        return {k.key.key_id: k for e, k in self._keys.items() if epoch - 1 <= e <= epoch}
+        return {
+            ck.key.key_id: ck
+            for e, k in self._keys.items()
+            if epoch - 1 <= e <= epoch
+            for ck in k.class_keys()
+        }
 
     async def purge(self, now: int) -> int:
         """Delete keys that can no longer redeem; returns how many were deleted."""

@@ -1,7 +1,10 @@
 """Token redemption: the library the AS, DS and QS call for every request that costs a token.
 
-A token is accepted when it is well-formed, answers this homeserver's challenge, names the key of the
-current or the previous frame, carries that key's authenticator, and has not been spent before. Spending
+A token is accepted when it is well-formed, answers this homeserver's challenge, names a key of the
+current or the previous frame, carries that key's authenticator, and has not been spent before.
+:meth:`TokenRedeemer.redeem` returns the token's :class:`~.issuer.TokenClass` (which of the frame's two
+keys issued it: this homeserver's clients or another homeserver's); services that treat both alike
+ignore it. Spending
 is an ``INSERT … ON CONFLICT DO NOTHING`` into ``pp_spent_tokens`` keyed by (key id, nonce), so two
 concurrent redemptions of one token (in one process or several sharing the database) accept exactly one.
 Spent-token records are kept exactly as long as their key can redeem and purged with it.
@@ -22,7 +25,8 @@ from phx.errors import DecodeError, TokenError
 from phx.identifiers import Fqdn
 from phx.storage import Database
 
-from .keys import IssuerKeyring, KeyEpoch
+from .issuer import TokenClass
+from .keys import ClassKey, IssuerKeyring
 from .tokens import TOKEN_TYPE, Token, TokenChallenge, phoenix_challenge
 
 __all__ = ["TokenRedeemer"]
@@ -41,7 +45,7 @@ class TokenRedeemer:
         """A redeemer for the tokens ``as.<domain>`` issues (``interval``: the AS token time frame)."""
         return cls(db, IssuerKeyring(db, interval), phoenix_challenge(domain))
 
-    async def check(self, raw: bytes, now: int) -> tuple[Token, KeyEpoch]:
+    async def check(self, raw: bytes, now: int) -> tuple[Token, ClassKey]:
         """Every check except the spent-token store (nothing is written); returns the token and its key."""
         try:
             token = Token.decode(raw)
@@ -59,8 +63,9 @@ class TokenRedeemer:
             raise TokenError("token authenticator does not verify")
         return token, entry
 
-    async def redeem(self, raw: bytes, now: int) -> None:
-        """Accept ``raw`` once: check it, then record it as spent (raises TokenError if it already was)."""
+    async def redeem(self, raw: bytes, now: int) -> TokenClass:
+        """Accept ``raw`` once: check it, then record it as spent (raises TokenError if it already was).
+        Returns the class of the token (whom its key issues to)."""
         token, entry = await self.check(raw, now)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((token.token_key_id, token.nonce, entry.epoch, future))
@@ -68,6 +73,7 @@ class TokenRedeemer:
             self._flusher = asyncio.create_task(self._flush(), name="phx-spent-tokens")
         if not await future:
             raise TokenError("token has already been spent")
+        return entry.token_class
 
     async def _flush(self) -> None:
         while self._pending:

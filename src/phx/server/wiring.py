@@ -2,7 +2,8 @@
 
 ::
 
-    AS ──redeemer──▶ QS, DS           (Privacy Pass tokens of this homeserver's AS)
+    AS ──redeemer──▶ QS, DS           (Privacy Pass tokens of this homeserver's AS; the DS refuses
+                                       group creation to tokens of the federated class)
     DS ──fan-out──▶ QS                (in process; over HTTP when the QS runs elsewhere)
     QS ──remote configs──▶ federation outbox ──QS-to-QS──▶ remote QS
     federation ──QueueDeleted from remote QSs──▶ DS
@@ -27,6 +28,7 @@ from phx.federation.discovery import PeerClient
 from phx.federation.keyring import KeyFetchError, Keyring
 from phx.federation.service import FederationService
 from phx.identifiers import Fqdn, Service
+from phx.privacypass import TokenRedeemer
 from phx.queuing.messages import QueueDeleted
 from phx.queuing.routes import QsHttp
 from phx.queuing.service import QsService
@@ -63,6 +65,17 @@ class RemoteAsCredentials:
         return AsCredentialSet(
             domain, r.as_credentials, r.as_intermediate_credentials, frozenset(r.revoked_certs)
         )
+
+
+class _QsTokens:
+    """The QS's view of the AS's redeemer: it serves clients of every homeserver alike, so it spends
+    tokens of either class and ignores which (the DS is the one that tells them apart)."""
+
+    def __init__(self, redeemer: TokenRedeemer) -> None:
+        self.redeemer = redeemer
+
+    async def redeem(self, token: bytes, now: int) -> None:
+        await self.redeemer.redeem(token, now)
 
 
 class _DsReports:
@@ -139,7 +152,7 @@ async def build_homeserver(
         hs.services.append(auth)
     if fed is not None:
         qs = await QsService.open(
-            db, config.qs, domain, clock=clock, redeemer=auth.redeemer, forwarder=fed.forwarder
+            db, config.qs, domain, clock=clock, redeemer=_QsTokens(auth.redeemer), forwarder=fed.forwarder
         )
         fed.bind(qs)
         hs.queuing = qs
