@@ -17,6 +17,7 @@ from phx.mls.messages import (
     Lifetime,
     Node,
     ParentNode,
+    encode_ratchet_tree,
 )
 from phx.mls.tree import HASH_CACHE_FLOOR, RatchetTree
 from phx.mls.tree_validation import check_leaf_keys_unique, check_leaf_node, validate_tree
@@ -190,6 +191,13 @@ def test_key_indexes_follow_writes() -> None:
 def test_encode_drops_trailing_blanks_and_round_trips() -> None:
     t = build([0, "A", 1, None, 2, None, None])
     data = t.encode()
+    assert data == encode_ratchet_tree(t.wire_nodes())
+    # Parents off the common shape (long keys, unmerged leaves) take the generic encoder.
+    t.set_node(3, ParentNode(b"k" * 70, b"h" * 64, (2,)))
+    t.set_node(1, ParentNode(b"k" * 63, b"", (0, 1)))
+    assert t.encode() == encode_ratchet_tree(t.wire_nodes())
+    assert RatchetTree.decode(CS, t.encode()) == t
+    t = build([0, "A", 1, None, 2, None, None])
     back = RatchetTree.decode(CS, data)
     assert back == t
     assert len(back.wire_nodes()) == 5
@@ -199,8 +207,6 @@ def test_encode_drops_trailing_blanks_and_round_trips() -> None:
 
 def test_decode_rejects_trailing_blank_and_bad_types() -> None:
     nodes: list[Node | None] = [Node(fake_leaf(0)), None]
-    from phx.mls.messages import encode_ratchet_tree
-
     with pytest.raises(MlsError):
         RatchetTree.decode(CS, encode_ratchet_tree(nodes))
     with pytest.raises(MlsError):
@@ -424,6 +430,7 @@ def check_against_naive(t: RatchetTree, rng: random.Random) -> None:
     while nodes and nodes[-1] is None:
         nodes.pop()
     assert len(t.wire_nodes()) == len(nodes)
+    assert t.encode() == encode_ratchet_tree(t.wire_nodes())
 
 
 def _under(y: int, x: int) -> bool:

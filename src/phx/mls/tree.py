@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
+from itertools import islice
 from operator import add
 from typing import cast
 
@@ -147,17 +148,29 @@ class RatchetTree:
             step >>= 1
 
     def write(self, w: Writer) -> None:
-        end = self._end()
         inner = Writer()
-        for x in range(end):
-            node = self._nodes[x]
+        buf = inner.buf
+        for node in islice(self._nodes, self._end()):
+            # optional<Node>: presence octet, then node_type (1 leaf, 2 parent) and the node.
             if node is None:
-                inner.u8(0)
+                buf.append(0)
+            elif isinstance(node, LeafNode):
+                buf += b"\x01\x01"
+                buf += node.encoded()
             else:
-                inner.u8(1)
-                inner.u8(1 if x % 2 == 0 else 2)
-                node._write(inner)
-        w.opaque(bytes(inner.buf))
+                buf += b"\x01\x02"
+                key, ph = node.encryption_key, node.parent_hash
+                if len(key) < 0x40 and len(ph) < 0x40 and not node.unmerged_leaves:
+                    # The common parent, spelled out (1-byte varint lengths, empty unmerged_leaves):
+                    # ParentNode._write costs three Writer calls per node.
+                    buf.append(len(key))
+                    buf += key
+                    buf.append(len(ph))
+                    buf += ph
+                    buf.append(0)
+                else:
+                    node._write(inner)
+        w.opaque(bytes(buf))
 
     def encode(self) -> bytes:
         w = Writer()
