@@ -97,7 +97,7 @@ class RatchetTree:
         self._hashes: list[bytes | None] = [None] * len(self._nodes)
         self._enc: dict[bytes, int] = {}
         self._sig: dict[bytes, int] = {}
-        # Cached hashes at levels >= _hash_floor obey "blank => every ancestor blank" (see _touch).
+        # At levels >= _hash_floor a node without a cached hash has no cached ancestor (see _touch).
         self._hash_floor = 0
         for x, node in enumerate(self._nodes):
             if node is None:
