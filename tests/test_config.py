@@ -403,6 +403,35 @@ def test_credential_lifetime_rules() -> None:
     assert c.as_.client_credential_max_lifetime == 30 * DAY
 
 
+def test_as_defaults_in_docs_match_the_code() -> None:
+    """Every documented [as] default, read back through the parser, is the code's default."""
+    text = DOCS.read_text()
+    defaults = Config.default("a.test").as_
+    rows = re.findall(r"^\| `as\.([a-z_]+)` \| [^|]+ \| `([^`]+)` \|", text, re.M)
+    assert {"new_domain_token_allowance", "domain_token_allowance_doubling"} <= {k for k, _ in rows}
+    assert len(rows) == len(dataclasses.fields(defaults))
+    for key, documented in rows:
+        parsed = cfg(rest=f"[as]\n{key} = {documented}").as_
+        assert getattr(parsed, key) == getattr(defaults, key), f"as.{key}: docs say {documented}"
+
+
+def test_federated_token_allowance_ramp_options() -> None:
+    c = Config.default("a.test").as_
+    assert (c.domain_token_allowance, c.new_domain_token_allowance) == (100_000, 1000)
+    assert c.domain_token_allowance_doubling == 7 * DAY
+    c = cfg(rest='[as]\nnew_domain_token_allowance = 5\ndomain_token_allowance_doubling = "1h"').as_
+    assert (c.new_domain_token_allowance, c.domain_token_allowance_doubling) == (5, HOUR)
+    # Starting above the full allowance is allowed: it turns the ramp off.
+    c = cfg(rest="[as]\nnew_domain_token_allowance = 500\ndomain_token_allowance = 60").as_
+    assert (c.new_domain_token_allowance, c.domain_token_allowance) == (500, 60)
+    msg = rejects("as.new_domain_token_allowance", rest="[as]\nnew_domain_token_allowance = 0")
+    assert msg == "as.new_domain_token_allowance: expected a positive integer"
+    rejects("as.new_domain_token_allowance", rest='[as]\nnew_domain_token_allowance = "1000"')
+    msg = rejects("as.domain_token_allowance_doubling", rest='[as]\ndomain_token_allowance_doubling = "30s"')
+    assert "at least 1m" in msg
+    rejects("as.domain_token_allowance_doubling", rest="[as]\ndomain_token_allowance_doubling = 1.5")
+
+
 def test_federation_policy() -> None:
     open_ = cfg(rest='[federation]\nblocklist = ["evil.test"]')
     assert open_.federates_with(Fqdn("b.test"))

@@ -447,8 +447,15 @@ class AsConfig:
     token_time_frame: int = _opt(DAY, _duration(MINUTE))
     """Anonymous token time frame after which allowances refill. Default ``1d``."""
     domain_token_allowance: int = _opt(100_000, _int(0))
-    """Tokens all clients of one federated homeserver may obtain per time frame; 0 = unlimited.
-    Default 100000."""
+    """Tokens all clients of one federated homeserver may obtain per time frame once the homeserver is
+    established (see ``new_domain_token_allowance``); 0 = unlimited. Default 100000."""
+    new_domain_token_allowance: int = _opt(1000, _int())
+    """Per-frame allowance of a federated homeserver when its first client asks for tokens; it doubles
+    every ``domain_token_allowance_doubling`` up to ``domain_token_allowance`` (book: keep the limit for new
+    domains low and only increase it slowly). A homeserver none of whose clients asked for tokens for
+    ``max_client_record_age`` is new again. Default 1000."""
+    domain_token_allowance_doubling: int = _opt(7 * DAY, _duration(MINUTE))
+    """How long a federated homeserver's allowance takes to double. Default ``7d``."""
     max_tokens_per_request: int = _opt(100, _int(1, 10_000))
     """Largest token batch one request may ask for. Default 100."""
     max_client_record_age: int = _opt(90 * DAY, _duration(DAY))

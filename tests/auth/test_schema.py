@@ -16,7 +16,7 @@ def test_queue_tables_are_copied_verbatim(engine: str) -> None:
 
 
 async def test_schema_applies_once(db: Database) -> None:
-    assert await migrate(db, "as") == [1]
+    assert await migrate(db, "as") == [1, 2]
     assert await migrate(db, "as") == []
     async with db.transaction(readonly=True) as conn:
         assert await conn.fetchval("SELECT COUNT(*) FROM as_direct_queues") == 0

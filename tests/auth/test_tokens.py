@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
 import pytest
 
+from phx.auth import AsCredentialSet
 from phx.auth.client import plain_request
 from phx.auth.messages import AsRequest, Empty, RequestToken, TokenKeysResponse, UpdateUserProfileParams
-from phx.credentials import RevokedCredential
+from phx.credentials import CredentialError, RevokedCredential
 from phx.errors import RateLimited, TokenError
 from phx.identifiers import Fqdn
 from phx.privacypass import (
@@ -134,6 +138,110 @@ async def test_remote_clients_get_tokens_within_per_domain_limits(db: Database) 
     remote.revoked.add(three.cred.fingerprint())
     with pytest.raises(RevokedCredential):
         await three.fetch_tokens(1)
+
+
+class Remotes:
+    """Several other homeservers' ASes as one AsCredentialSource."""
+
+    def __init__(self, *remotes: RemoteAs) -> None:
+        self.by_domain = {r.domain: r for r in remotes}
+
+    async def credentials_for(self, domain: Fqdn, now: int) -> AsCredentialSet:
+        remote = self.by_domain.get(domain)
+        if remote is None:
+            raise CredentialError(f"no AS credentials known for {domain}")
+        return await remote.credentials_for(domain, now)
+
+
+RAMP = short_config(
+    token_allowance=50,
+    new_domain_token_allowance=10,
+    domain_token_allowance=60,
+    domain_token_allowance_doubling=DAY,
+    max_tokens_per_request=50,
+)
+
+
+async def test_new_domains_start_low_and_rise_slowly(db: Database) -> None:
+    clock = FakeClock()
+    early, late = RemoteAs(Fqdn("early.example"), clock.now), RemoteAs(Fqdn("late.example"), clock.now)
+    service = await make_service(db, clock, config=RAMP, remote_credentials=Remotes(early, late))
+    one, two = early.as_client(service), early.as_client(service)
+    # First contact: the whole homeserver gets 10 tokens in this frame, however many clients it has.
+    await one.fetch_tokens(10)
+    with pytest.raises(RateLimited, match="homeserver early.example exhausted: 0 of 10 left") as refused:
+        await two.fetch_tokens(1)
+    assert refused.value.retry_after == DAY - clock.now % DAY
+    # A day later the allowance has doubled; two days later doubled again; then it stops at the full 60.
+    for allowance in (20, 40, 60, 60):
+        clock.now += DAY
+        await one.fetch_tokens(allowance // 2)
+        await two.fetch_tokens(allowance // 2)
+        with pytest.raises(RateLimited, match=f"early.example exhausted: 0 of {allowance} left"):
+            await two.fetch_tokens(1)
+    # Meanwhile a homeserver first seen now starts low, whatever the age of the others.
+    newcomer = late.as_client(service)
+    with pytest.raises(
+        RateLimited, match="late.example exhausted: 10 of 10 left in this time frame, 11 requested"
+    ):
+        await newcomer.fetch_tokens(11)
+    await newcomer.fetch_tokens(10)
+    # The service's clients are never counted per domain.
+    await Client.new(service).register(tokens=50)
+
+
+async def test_refused_first_contact_still_starts_the_ramp(db: Database) -> None:
+    clock = FakeClock()
+    remote = RemoteAs(Fqdn("remote.example"), clock.now)
+    service = await make_service(db, clock, config=RAMP, remote_credentials=remote)
+    client = remote.as_client(service)
+    with pytest.raises(RateLimited, match="10 of 10 left in this time frame, 15 requested"):
+        await client.fetch_tokens(15)  # more than a new homeserver gets: refused, charged nothing
+    assert await service.store.domain_first_seen("remote.example") == clock.now
+    clock.now += DAY
+    await client.fetch_tokens(15)  # the ramp counted from the refused first contact
+    assert await service.store.domain_first_seen("remote.example") == clock.now - DAY
+
+
+async def test_a_domain_unseen_for_long_is_new_again(db: Database) -> None:
+    clock = FakeClock()
+    remote = RemoteAs(Fqdn("remote.example"), clock.now)
+    config = replace(RAMP, max_client_record_age=30 * DAY, domain_token_allowance=1000)
+    service = await make_service(db, clock, config=config, remote_credentials=remote)
+    await remote.as_client(service).fetch_tokens(10)
+    clock.now += 20 * DAY
+    await remote.as_client(service).fetch_tokens(50)  # 20 doublings later: well above one client's 50
+    assert (await service.housekeeping(clock.now))["federated_domains"] == 0
+    clock.now += 30 * DAY + 1
+    assert (await service.housekeeping(clock.now))["federated_domains"] == 1
+    assert await service.store.domain_first_seen("remote.example") is None
+    with pytest.raises(RateLimited, match="10 of 10 left"):
+        await remote.as_client(service).fetch_tokens(11)
+
+
+async def test_concurrent_clients_share_their_domains_allowance(db: Database) -> None:
+    """Requests of one homeserver's clients at once (PostgreSQL: concurrent transactions) never overdraw
+    the domain's allowance, also when the domain is new and its allowance row does not exist yet."""
+    remote = RemoteAs(Fqdn("remote.example"), FakeClock().now)
+    service = await make_service(db, config=RAMP, remote_credentials=remote)
+    clients = [remote.as_client(service) for _ in range(6)]
+    results = await asyncio.gather(*(c.fetch_tokens(5) for c in clients), return_exceptions=True)
+    assert results.count(None) == 2
+    assert all(isinstance(r, RateLimited) for r in results if r is not None)
+
+
+async def test_remote_clients_are_limited_per_client(db: Database) -> None:
+    remote = RemoteAs(Fqdn("remote.example"), FakeClock().now)
+    config = short_config(token_allowance=5, new_domain_token_allowance=100, max_tokens_per_request=5)
+    service = await make_service(db, config=config, remote_credentials=remote)
+    one, two = remote.as_client(service), remote.as_client(service)
+    await one.fetch_tokens(3)
+    with pytest.raises(RateLimited, match="allowance of this client exhausted: 2 of 5 left"):
+        await one.fetch_tokens(3)
+    await one.fetch_tokens(2)
+    await two.fetch_tokens(5)  # another client of the same homeserver has its own allowance
+    with pytest.raises(RateLimited, match="this client"):
+        await two.fetch_tokens(1)
 
 
 async def test_token_keys_publish_a_key_per_client_class(db: Database) -> None:

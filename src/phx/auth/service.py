@@ -31,6 +31,7 @@ from phx.config import AsConfig
 from phx.credentials import ClientCredential, ClientCsr, CredentialError, issue_client_credential
 from phx.crypto import SUITE_1, CipherSuite, HpkeError
 from phx.errors import AuthError, Conflict, Forbidden, NotFound, TokenError, ValidationError
+from phx.federation.ratelimit import DomainRamp
 from phx.identifiers import ClientId, Fqdn, UserId
 from phx.privacypass import IssuerKeyring, TokenClass, TokenRedeemer, phoenix_challenge
 from phx.queues import QueueState, new_queue
@@ -130,6 +131,12 @@ class AsService:
         self.keys = AsKeyStore(db, domain, config)
         self.token_keys = IssuerKeyring(db, config.token_time_frame)
         self.redeemer = TokenRedeemer(db, self.token_keys, phoenix_challenge(domain))
+        # Per-frame allowance of all clients of one other homeserver, by how long we have known it.
+        self.domain_ramp = DomainRamp(
+            initial=config.new_domain_token_allowance,
+            full=config.domain_token_allowance,
+            doubling=config.domain_token_allowance_doubling,
+        )
         self._task: asyncio.Task[None] | None = None
         self._touched: set[str] = set()
         self._touched_day = 0
@@ -594,13 +601,12 @@ class AsService:
         keys = await self.token_keys.current(now)
         key = keys.key_for(TokenClass.FEDERATED if remote else TokenClass.LOCAL)
         batch = key.parse(p.token_request, max_batch=self.config.max_tokens_per_request)
-        domain_limit = self.config.domain_token_allowance
         await self.store.charge_tokens(
             cred.client_id,
             len(batch),
             epoch=keys.epoch,
             allowance=self.config.token_allowance,
-            remote_domain_allowance=domain_limit if remote and domain_limit > 0 else None,
+            domain_ramp=self.domain_ramp if remote else None,
             now=now,
             frame=self.config.token_time_frame,
         )

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from phx.credentials import ClientCredential
 from phx.crypto import CipherSuite
-from phx.errors import Conflict, NotFound, ValidationError
+from phx.errors import Conflict, NotFound, RateLimited, ValidationError
+from phx.federation.ratelimit import DomainRamp
 from phx.identifiers import ClientId, UserId
 from phx.queues import QueueMessage, QueueState, enqueue
 from phx.queues.store import QueueStore
@@ -61,6 +62,9 @@ def direct_queue_id(client_id: ClientId) -> bytes:
 
 def alias_queue_id(alias: Alias) -> bytes:
     return alias.encode()
+
+
+_FIRST_SEEN = "SELECT first_seen FROM as_federated_domains WHERE domain = $1"
 
 
 def _for_update(conn: Connection) -> str:
@@ -508,58 +512,83 @@ class AsStore:
         *,
         epoch: int,
         allowance: int,
-        remote_domain_allowance: int | None,
+        domain_ramp: DomainRamp | None,
         now: int,
         frame: int,
     ) -> None:
-        """Count ``requested`` tokens against the client (and, for a remote client with a domain limit,
-        against its homeserver) in this frame, or raise RateLimited without counting anything."""
+        """Count ``requested`` tokens against the client and, for a client of another homeserver
+        (``domain_ramp`` given), against its homeserver, whose allowance grows with the time since this
+        AS first saw it; or raise RateLimited without counting anything. A homeserver's first contact is
+        recorded even when its request is refused, so that refusals cannot keep a domain new forever."""
+        refused: RateLimited | None = None
         async with self.db.transaction() as conn:
             charges: list[tuple[str, str, str, int, str]] = [
                 ("as_token_issuance", "client_id", str(client_id), allowance, "this client")
             ]
-            if remote_domain_allowance is not None:
+            if domain_ramp is not None:
                 domain = client_id.domain.value
-                charges.append(
-                    (
-                        "as_domain_token_issuance",
-                        "domain",
-                        domain,
-                        remote_domain_allowance,
-                        f"homeserver {domain}",
+                first_seen = await self._saw_domain(conn, domain, now)
+                limit = domain_ramp.allowance(first_seen, now)
+                if limit is not None:
+                    charges.append(
+                        ("as_domain_token_issuance", "domain", domain, limit, f"homeserver {domain}")
                     )
-                )
             updates: list[tuple[str, str, str, int]] = []
-            for table, column, key, limit, scope in charges:
-                row = await conn.fetchrow(
-                    f"SELECT epoch, issued FROM {table} WHERE {column} = $1" + _for_update(conn), key
-                )
-                issued = core.tokens_after_charge(
-                    0 if row is None else int(row["issued"]),
-                    None if row is None else int(row["epoch"]),
-                    epoch=epoch,
-                    requested=requested,
-                    allowance=limit,
-                    now=now,
-                    frame=frame,
-                    scope=scope,
-                )
-                updates.append((table, column, key, issued))
-            for table, column, key, issued in updates:
-                await conn.execute(
-                    f"INSERT INTO {table} ({column}, epoch, issued) VALUES ($1, $2, $3) "
-                    f"ON CONFLICT ({column}) DO UPDATE SET epoch = excluded.epoch, issued = excluded.issued",
-                    key,
-                    epoch,
-                    issued,
-                )
+            try:
+                for table, column, key, limit, scope in charges:
+                    row = await conn.fetchrow(
+                        f"SELECT epoch, issued FROM {table} WHERE {column} = $1" + _for_update(conn), key
+                    )
+                    issued = core.tokens_after_charge(
+                        0 if row is None else int(row["issued"]),
+                        None if row is None else int(row["epoch"]),
+                        epoch=epoch,
+                        requested=requested,
+                        allowance=limit,
+                        now=now,
+                        frame=frame,
+                        scope=scope,
+                    )
+                    updates.append((table, column, key, issued))
+            except RateLimited as e:
+                refused = e  # the transaction still commits the first contact
+            else:
+                for table, column, key, issued in updates:
+                    await conn.execute(
+                        f"INSERT INTO {table} ({column}, epoch, issued) VALUES ($1, $2, $3) ON CONFLICT "
+                        f"({column}) DO UPDATE SET epoch = excluded.epoch, issued = excluded.issued",
+                        key,
+                        epoch,
+                        issued,
+                    )
+        if refused is not None:
+            raise refused
+
+    async def _saw_domain(self, conn: Connection, domain: str, now: int) -> int:
+        """Record a request from ``domain``'s clients; returns when the domain was first seen."""
+        await conn.execute(
+            "INSERT INTO as_federated_domains (domain, first_seen, last_seen) VALUES ($1, $2, $2) "
+            "ON CONFLICT (domain) DO UPDATE SET last_seen = CASE "
+            "WHEN excluded.last_seen > as_federated_domains.last_seen THEN excluded.last_seen "
+            "ELSE as_federated_domains.last_seen END",
+            domain,
+            now,
+        )
+        return int(await conn.fetchval(_FIRST_SEEN, domain))
+
+    async def domain_first_seen(self, domain: str) -> int | None:
+        """When a client of ``domain`` first asked for tokens (None: not known, or forgotten)."""
+        async with self.db.transaction(readonly=True) as conn:
+            value = await conn.fetchval(_FIRST_SEEN, domain)
+        return None if value is None else int(value)
 
     # --- housekeeping --------------------------------------------------------------------------------
 
     async def purge(self, now: int, *, epoch: int, inactive_before: int) -> dict[str, int]:
         """Drop expired ephemeral entries, stale allowance records, expired packages, and client entries
         inactive since before ``inactive_before`` (book: maximal client record age; their credentials are
-        revoked, the user entry stays so the user can add a client with the password)."""
+        revoked, the user entry stays so the user can add a client with the password), and forget
+        federated homeservers not seen since then (their allowance ramps up from the start again)."""
         async with self.db.transaction() as conn:
             await conn.execute(
                 "DELETE FROM as_login_failures WHERE window_start < $1", now - core.LOGIN_FAILURE_WINDOW
@@ -573,6 +602,9 @@ class AsStore:
                 conn, [ClientCredential.decode(bytes(r["credential"])) for r in inactive], now
             )
             aliases = await conn.execute("DELETE FROM as_aliases WHERE activity_time < $1", inactive_before)
+            domains = await conn.execute(
+                "DELETE FROM as_federated_domains WHERE last_seen < $1", inactive_before
+            )
             return {
                 "pending": await conn.execute("DELETE FROM as_opaque_pending WHERE expires_at < $1", now),
                 "allowances": await conn.execute("DELETE FROM as_token_issuance WHERE epoch < $1", epoch)
@@ -581,4 +613,5 @@ class AsStore:
                 + await conn.execute("DELETE FROM as_alias_packages WHERE not_after < $1", now),
                 "inactive_clients": len(inactive),
                 "inactive_aliases": aliases,
+                "federated_domains": domains,
             }
