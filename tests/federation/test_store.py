@@ -162,3 +162,17 @@ async def test_received_ids_are_remembered_once_and_forgotten_after_retention(db
         }
         assert await s.forget_received(conn, 150) == 2
         assert set(await s.received(conn, a, ids)) == {ids[1]}
+
+
+async def test_remember_many_records_new_ids_only(db: Database) -> None:
+    s = await store(db)
+    a = Fqdn("a.test")
+    ids = [os.urandom(16) for _ in range(700)]  # more than one statement's worth
+    async with db.transaction() as conn:
+        assert await s.remember(conn, a, ids[3], b"d3", 1, b"r3")
+        recorded = await s.remember_many(conn, a, [(i, b"d") for i in ids], 5)
+        assert recorded == set(ids) - {ids[3]}
+        assert await s.remember_many(conn, a, [(ids[0], b"d")], 6) == set()
+        await s.set_result(conn, a, ids[0], b"result")
+        seen = await s.received(conn, a, [ids[0], ids[3]])
+    assert (seen[ids[0]].result, seen[ids[3]].digest, seen[ids[3]].result) == (b"result", b"d3", b"r3")

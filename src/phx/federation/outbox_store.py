@@ -314,5 +314,34 @@ class FederationStore:
         )
         return inserted > 0
 
+    async def remember_many(
+        self, conn: Connection, source: Fqdn, records: Sequence[tuple[bytes, bytes]], now: int
+    ) -> set[bytes]:
+        """Record received ``(message_id, digest)`` pairs in one statement per 500; returns the ids recorded
+        now (an id missing from the result was recorded meanwhile by a concurrent copy of its message,
+        which must then not be enqueued)."""
+        inserted: set[bytes] = set()
+        for start in range(0, len(records), 500):
+            chunk = records[start : start + 500]
+            values = ", ".join(f"($1, ${2 * i + 4}, ${2 * i + 5}, $2, $3)" for i in range(len(chunk)))
+            args: list[object] = [source.value, now, b""]
+            for message_id, digest in chunk:
+                args += [message_id, digest]
+            sql = (
+                "INSERT INTO fed_received (source, message_id, digest, received_at, result) "
+                f"VALUES {values} ON CONFLICT (source, message_id) DO NOTHING RETURNING message_id"
+            )
+            rows = await conn.fetch(sql, *args)
+            inserted.update(bytes(r[0]) for r in rows)
+        return inserted
+
+    async def set_result(self, conn: Connection, source: Fqdn, message_id: bytes, result: bytes) -> None:
+        await conn.execute(
+            "UPDATE fed_received SET result = $3 WHERE source = $1 AND message_id = $2",
+            source.value,
+            message_id,
+            result,
+        )
+
     async def forget_received(self, conn: Connection, before: int) -> int:
         return await conn.execute("DELETE FROM fed_received WHERE received_at < $1", before)

@@ -205,7 +205,8 @@ class Receiver:
     ) -> tuple[list[MessageResult], float]:
         results: list[MessageResult] = []
         retry_after = 0.0
-        accepted: list[tuple[int, _Frame]] = []
+        # (index in results, frame) of frames to record and enqueue, in order.
+        fresh: list[tuple[int, _Frame]] = []
         deliveries = []
         async with self.db.transaction() as conn:
             valid = [f.message_id for f in frames if f.message is not None]
@@ -230,30 +231,32 @@ class Receiver:
                     break
                 self.per_config.take(config_keys, now)
                 self.per_queue.take(queue_keys, now)
-                if not await self.store.remember(conn, source, f.message_id, f.digest, int(now), b""):
-                    # A concurrent copy of this frame (another request) committed first.
-                    again = await self.store.received(conn, source, [f.message_id])
-                    results.append(self._repeat(f, again[f.message_id]))
-                    continue
                 in_batch[f.message_id] = f.digest
-                accepted.append((len(results), f))
+                fresh.append((len(results), f))
                 results.append(MessageResult(f.message_id, MessageStatus.ACCEPTED, (), ""))
-            if accepted:
+            if fresh:
+                recorded = await self.store.remember_many(
+                    conn, source, [(f.message_id, f.digest) for _, f in fresh], int(now)
+                )
+                raced = [f.message_id for _, f in fresh if f.message_id not in recorded]
+                if raced:
+                    # A concurrent copy of these frames (another request) committed first.
+                    again = await self.store.received(conn, source, raced)
+                    for index, f in fresh:
+                        if f.message_id not in recorded:
+                            results[index] = self._repeat(f, again[f.message_id])
+                    fresh = [(i, f) for i, f in fresh if f.message_id in recorded]
+            if fresh:
                 outcome = await self.queues.enqueue(
                     conn,
-                    [f.message.payload for _, f in accepted if f.message is not None],
+                    [f.message.payload for _, f in fresh if f.message is not None],
                     int(now),
-                    [f.content for _, f in accepted],
+                    [f.content for _, f in fresh],
                 )
                 deliveries = outcome.deliveries
-                for (index, f), deleted in zip(accepted, outcome.deleted, strict=True):
+                for (index, f), deleted in zip(fresh, outcome.deleted, strict=True):
                     if deleted:
-                        await conn.execute(
-                            "UPDATE fed_received SET result = $3 WHERE source = $1 AND message_id = $2",
-                            source.value,
-                            f.message_id,
-                            encode_queue_deleted(deleted),
-                        )
+                        await self.store.set_result(conn, source, f.message_id, encode_queue_deleted(deleted))
                         results[index] = MessageResult(
                             f.message_id, MessageStatus.ACCEPTED, tuple(deleted), ""
                         )
