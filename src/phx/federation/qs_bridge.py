@@ -5,33 +5,24 @@ it inside the fan-out's transaction with the queue configs of one other homeserv
 outbox row there (after the policy check: a blocked destination fails the whole fan-out with 403
 ``policy_denied``, so the DS learns it and nothing is dropped silently).
 
-Inbound, the receiver needs three things the QS's public interface does not offer yet, reached here
-through its internals until it does (see the federation report; nothing else in phx.federation touches
-QS internals):
-
-* enqueue a fan-out **inside a transaction the caller owns** (``QsService.enqueue_fan_out`` opens its own),
-  so the de-duplication record commits with the queue items and several frames share one commit;
-* the post-commit work of a delivery (``FanOutDeliverer._after_delivery``: live-listener wake-up or push);
-* the QS signing key (``QsService._signing_key``) to sign outgoing frames.
-
-:class:`QsQueues` does this with the QS's own pure rules (:func:`phx.queuing.core.classify_configs`,
-:func:`~phx.queuing.core.plan_deliveries`) and store, i.e. exactly as the QS handles a local DS's fan-out.
+Inbound, :class:`QsQueues` delivers frames exactly as the QS delivers a local DS's fan-out, but **inside
+the receiver's transaction** (``FanOutDeliverer.enqueue_in``), so the de-duplication record commits with
+the queue items and a whole batch of frames shares one commit; the per-queue rate limit uses the QS's
+cached ``unseal``; outgoing frames are signed with ``QsService.signing_key``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from phx.identifiers import Fqdn
-from phx.queues import QueueState
 from phx.queuing import core
 from phx.queuing.messages import (
     ClientQueueConfig,
     FanOutMessage,
-    FanOutQueuePayload,
     MessageContent,
     QueueDeleted,
 )
@@ -108,8 +99,9 @@ class LocalQueues(Protocol):
 
 
 class QsQueues:
-    """:class:`LocalQueues` over a :class:`~phx.queuing.service.QsService`: the same rules and store calls
-    as the QS's own fan-out (:class:`phx.queuing.fanout.FanOutDeliverer`), in the caller's transaction."""
+    """:class:`LocalQueues` over a :class:`~phx.queuing.service.QsService`, through the QS's fan-out API for
+    callers that own the transaction (``prepare`` / ``enqueue_in`` / ``after_commit``): the same rules, the
+    same store calls and the same batching as the QS's own fan-out."""
 
     def __init__(self, service: QsService) -> None:
         self.service = service
@@ -120,7 +112,7 @@ class QsQueues:
 
     @property
     def signing_key(self) -> bytes:
-        return self.service._signing_key
+        return self.service.signing_key
 
     def unseal(self, config: ClientQueueConfig) -> core.Unsealed | None:
         return self.service.fan_out.unseal(config)
@@ -132,46 +124,20 @@ class QsQueues:
         now: int,
         contents: Sequence[bytes] | None = None,
     ) -> EnqueueOutcome:
-        s = self.service
-        jobs = []
+        deliverer = self.service.fan_out
         stamp = now.to_bytes(8, "big")
+        prepared = []
         for i, fan_out in enumerate(fan_outs):
-            classified = core.classify_configs(fan_out.client_queue_configs, s.domain, s.fan_out.unseal)
-            if classified.remote:
-                raise ValueError("a federated fan-out may only name local queues")  # the receiver checks
-            content = fan_out.message_content
-            # FanOutQueuePayload is {u64 timestamp, MessageContent}: prefix the bytes we already have.
-            payload = (
-                stamp + contents[i] if contents is not None else FanOutQueuePayload(now, content).encode()
-            )
-            jobs.append((classified, content.group_id(), payload))
-        owners = {r.unsealed.queue_id: r.unsealed.qs_uid for c, _, _ in jobs for r in c.local}
-        targets, states = await s.store.lock_delivery_targets(conn, owners)
-        changed: dict[bytes, QueueState] = {}
-        items = []
-        deleted: list[list[QueueDeleted]] = []
-        latest: dict[bytes, core.Delivery] = {}
-        for classified, group_id, payload in jobs:
-            plan = core.plan_deliveries(
-                s.cs,
-                classified.local,
-                targets,
-                states,
-                group_id,
-                payload,
-                now,
-                rotation_interval=s.config.ratchet_key_rotation_interval,
-                random=s.random,
-            )
-            states.update(plan.states)
-            changed.update(plan.states)
-            items.extend(plan.items)
-            deleted.append([QueueDeleted(c, group_id) for c in (*plan.deleted, *classified.unusable)])
-            for d in plan.delivered:
-                latest[d.queue_id] = d
-        await s.store.queues.save(conn, changed, items)
-        return EnqueueOutcome(deleted, list(latest.values()))
+            p = deliverer.prepare(fan_out, now)
+            if p.classified.remote:
+                # The receiver refuses such frames; enqueue_in would hand them to the forwarder (a relay).
+                raise ValueError("a federated fan-out may only name local queues")
+            if contents is not None:
+                # FanOutQueuePayload is {u64 timestamp, MessageContent}: the bytes we already have.
+                p = replace(p, payload=stamp + contents[i])
+            prepared.append(p)
+        result = await deliverer.enqueue_in(conn, prepared)
+        return EnqueueOutcome(result.deleted, list(result.deliveries))
 
     async def after_commit(self, deliveries: Sequence[core.Delivery]) -> None:
-        for d in deliveries:
-            await self.service.fan_out._after_delivery(d)
+        await self.service.fan_out.after_commit(deliveries)
