@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
-from phx.federation.outbox_store import FederationStore
+import pytest
+
+from phx.federation.outbox_store import OUTBOX_CHANNEL, FederationStore
+from phx.federation.pgnotify import PgListener
 from phx.identifiers import Fqdn
-from phx.storage import Database, migrate
+from phx.storage import Database, migrate, open_database
 
 B, C = Fqdn("b.test"), Fqdn("c.test")
 
@@ -176,3 +180,25 @@ async def test_remember_many_records_new_ids_only(db: Database) -> None:
         await s.set_result(conn, a, ids[0], b"result")
         seen = await s.received(conn, a, [ids[0], ids[3]])
     assert (seen[ids[0]].result, seen[ids[3]].digest, seen[ids[3]].result) == (b"result", b"d3", b"r3")
+
+
+@pytest.mark.postgres
+async def test_queueing_notifies_every_instance_at_commit(postgres_url: str) -> None:
+    db = await open_database(postgres_url)
+    got: list[str] = []
+    listener = PgListener(postgres_url, {OUTBOX_CHANNEL: got.append})
+    try:
+        s = await store(db)
+        await listener.start()
+        async with db.transaction() as conn:
+            await s.enqueue(conn, B, os.urandom(16), 1, b"x")
+            await asyncio.sleep(0.2)
+            assert got == []  # not before the commit
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        assert got == ["b.test"]
+    finally:
+        await listener.stop()
+        await db.close()

@@ -112,18 +112,29 @@ class FederationStore:
                 destination.value,
             )
             self._known.add(destination)
-        await conn.execute(
-            "INSERT INTO fed_outbox (destination, message_id, created_at, payload) VALUES ($1, $2, $3, $4)",
-            destination.value,
-            message_id,
-            created_at,
-            payload,
-        )
+        # One statement, fetched (not executed): on SQLite that is one round trip to the database thread
+        # instead of two, and this runs once per remote fan-out.
         if conn.engine == "postgres":
-            # Channels are per database; the payload names the schema so homeservers sharing a database
-            # (test set-ups) ignore each other's wake-ups.
-            await conn.execute(
-                "SELECT pg_notify($1, current_schema() || ' ' || $2)", OUTBOX_CHANNEL, destination.value
+            # The notification is delivered at commit. Channels are per database; the payload names the
+            # schema so homeservers sharing a database (test set-ups) ignore each other's wake-ups.
+            await conn.fetch(
+                "WITH ins AS (INSERT INTO fed_outbox (destination, message_id, created_at, payload) "
+                "VALUES ($1, $2, $3, $4) RETURNING id) "
+                "SELECT pg_notify($5, current_schema() || ' ' || $1) FROM ins",
+                destination.value,
+                message_id,
+                created_at,
+                payload,
+                OUTBOX_CHANNEL,
+            )
+        else:
+            await conn.fetch(
+                "INSERT INTO fed_outbox (destination, message_id, created_at, payload) "
+                "VALUES ($1, $2, $3, $4) RETURNING id",
+                destination.value,
+                message_id,
+                created_at,
+                payload,
             )
 
     async def head(self, conn: Connection, destination: Fqdn, limit: int) -> list[QueuedMessage]:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from phx.identifiers import Fqdn
 from phx.queuing import core
+from phx.queuing.fanout import PreparedFanOut
 from phx.queuing.messages import (
     ClientQueueConfig,
     FanOutMessage,
@@ -128,13 +129,17 @@ class QsQueues:
         stamp = now.to_bytes(8, "big")
         prepared = []
         for i, fan_out in enumerate(fan_outs):
-            p = deliverer.prepare(fan_out, now)
+            if contents is None:
+                p = deliverer.prepare(fan_out, now)
+            else:
+                # prepare() without encoding the content again: FanOutQueuePayload is {u64 timestamp,
+                # MessageContent}, and we hold the content's bytes.
+                content = fan_out.message_content
+                classified = deliverer.classify(fan_out.client_queue_configs)
+                p = PreparedFanOut(content.group_id(), content, classified, stamp + contents[i], now)
             if p.classified.remote:
                 # The receiver refuses such frames; enqueue_in would hand them to the forwarder (a relay).
                 raise ValueError("a federated fan-out may only name local queues")
-            if contents is not None:
-                # FanOutQueuePayload is {u64 timestamp, MessageContent}: the bytes we already have.
-                p = replace(p, payload=stamp + contents[i])
             prepared.append(p)
         result = await deliverer.enqueue_in(conn, prepared)
         return EnqueueOutcome(result.deleted, list(result.deliveries))
