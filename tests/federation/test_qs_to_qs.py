@@ -12,6 +12,7 @@ import pytest
 
 from phx.errors import PolicyDenied
 from phx.identifiers import Fqdn
+from phx.queuing.messages import ClientQueueConfig, FanOutMessage
 
 from .conftest import DbFactory
 from .helpers import Homeserver, HostRouter, fan_out, fast_config, make_homeserver, new_group
@@ -85,8 +86,6 @@ async def test_blocked_destination_fails_the_fan_out_loudly(db_factory: DbFactor
             fast_config("a.test", blocklist=frozenset({B})), db, router, database_url=url
         )
         b_cfg = (await a.register()).queue_config()
-        from phx.queuing.messages import ClientQueueConfig
-
         remote = ClientQueueConfig(B, b_cfg.sealed_config)
         local = await a.register()
         with pytest.raises(PolicyDenied):
@@ -94,3 +93,22 @@ async def test_blocked_destination_fails_the_fan_out_loudly(db_factory: DbFactor
         assert await local.bodies() == []  # rolled back with it
         async with db.transaction() as conn:
             assert await conn.fetchval("SELECT COUNT(*) FROM fed_outbox") == 0
+
+
+async def test_forward_many_checks_every_destination_first(db_factory: DbFactory) -> None:
+    router = HostRouter()
+    async with db_factory("a.test") as (db, url):
+        a = await make_homeserver(fast_config("a.test", blocklist=frozenset({Fqdn("c.test")})), db, router)
+        local = await a.register()
+        content = fan_out([], new_group(A), b"x").message_content
+        ok = ClientQueueConfig(B, local.queue_config().sealed_config)
+        bad = ClientQueueConfig(Fqdn("c.test"), local.queue_config().sealed_config)
+        with pytest.raises(PolicyDenied):
+            async with db.transaction() as conn:
+                await a.fed.forwarder.forward_many(
+                    conn, [(B, [ok], content), (Fqdn("c.test"), [bad], content)]
+                )
+        async with db.transaction() as conn:
+            await a.fed.forwarder.forward_many(conn, [(B, [ok], content), (B, [ok, ok], content)])
+            heads = await a.fed.store.head(conn, B, 10)
+        assert [len(FanOutMessage.decode(m.payload).client_queue_configs) for m in heads] == [1, 2]

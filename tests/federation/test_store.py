@@ -202,3 +202,14 @@ async def test_queueing_notifies_every_instance_at_commit(postgres_url: str) -> 
     finally:
         await listener.stop()
         await db.close()
+
+
+async def test_enqueue_many_keeps_order_across_destinations(db: Database) -> None:
+    s = await store(db)
+    rows = [(B if i % 3 else C, os.urandom(16), i, b"p%d" % i) for i in range(450)]
+    async with db.transaction() as conn:
+        await s.enqueue_many(conn, rows)
+        got_b = [m.payload for m in await s.head(conn, B, 1000)]
+        got_c = [m.payload for m in await s.head(conn, C, 1000)]
+    assert got_b == [p for d, _, _, p in rows if d == B]
+    assert got_c == [p for d, _, _, p in rows if d == C]

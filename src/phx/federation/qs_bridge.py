@@ -57,13 +57,29 @@ class OutboxForwarder:
     async def forward(
         self, conn: Connection, domain: Fqdn, configs: Sequence[ClientQueueConfig], content: MessageContent
     ) -> None:
-        self.policy.check_outbound(domain)
-        payload = FanOutMessage(tuple(configs), content).encode()
-        await self.store.enqueue(conn, domain, self.random(16), int(self.clock()), payload)
+        await self.forward_many(conn, [(domain, configs, content)])
+
+    async def forward_many(
+        self,
+        conn: Connection,
+        items: Sequence[tuple[Fqdn, Sequence[ClientQueueConfig], MessageContent]],
+    ) -> None:
+        """:meth:`forward` for several fan-outs of one transaction at once (one outbox statement for all:
+        on SQLite a database round trip costs more than everything else forwarding does). The policy is
+        checked for every destination before anything is written."""
+        for domain, _, _ in items:
+            self.policy.check_outbound(domain)
+        now = int(self.clock())
+        rows = [
+            (domain, self.random(16), now, FanOutMessage(tuple(configs), content).encode())
+            for domain, configs, content in items
+        ]
+        await self.store.enqueue_many(conn, rows)
         if self.on_enqueued is not None and conn.engine == "sqlite":
             # On SQLite the sender's claim queues behind this transaction on the single writer, so an early
             # wake-up sees the row. PostgreSQL wakes senders by NOTIFY, delivered at commit.
-            self.on_enqueued(domain)
+            for domain in {d for d, _, _ in items}:
+                self.on_enqueued(domain)
 
 
 @dataclass(frozen=True, slots=True)
