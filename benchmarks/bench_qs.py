@@ -105,6 +105,28 @@ async def run(
     return time.perf_counter() - start, time.process_time() - cpu, time.thread_time() - loop_cpu
 
 
+async def backend_cpu(application_name: str | None) -> float:
+    """CPU seconds (user + system) used so far by the PostgreSQL backends of this run, from /proc (0 when
+    not on PostgreSQL or /proc is not readable). Backends that ended in between are not counted."""
+    if application_name is None:
+        return 0.0
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        pids = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
+        )
+    finally:
+        await admin.close()
+    total = 0
+    for row in pids:
+        try:
+            fields = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 async def bench_engine(engine: str, args: argparse.Namespace) -> None:
     schema = None
     tmp = None
@@ -117,7 +139,10 @@ async def bench_engine(engine: str, args: argparse.Namespace) -> None:
         await admin.execute(f'CREATE SCHEMA "{schema}"')
         await admin.close()
         sep = "&" if "?" in POSTGRES_URL else "?"
-        db = await open_database(f"{POSTGRES_URL}{sep}search_path={schema}", pg_max_size=args.concurrency)
+        # The application name finds this run's backends (their CPU time is reported too).
+        db = await open_database(
+            f"{POSTGRES_URL}{sep}search_path={schema}&application_name={schema}", pg_max_size=args.concurrency
+        )
     try:
         service, messages = await setup(db, args.queues, args.recipients)
         # First pass: one fan-out per group, so every sealed config is unsealed once (HPKE open) and cached.
@@ -126,7 +151,9 @@ async def bench_engine(engine: str, args: argparse.Namespace) -> None:
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
+        server_before = await backend_cpu(schema)
         steady, cpu, loop_cpu = await run(service, messages, args.fan_outs - first, args.concurrency)
+        server_cpu = await backend_cpu(schema) - server_before
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats(args.sort).print_stats(40)
@@ -142,7 +169,9 @@ async def bench_engine(engine: str, args: argparse.Namespace) -> None:
             f"(first pass with config unsealing: {first * args.recipients / warm:,.0f}/s; "
             f"afterwards: {n_steady / max(steady, 1e-9):,.0f}/s; per delivery afterwards: "
             f"{steady / n_steady * 1e6:.1f} us wall, {cpu / n_steady * 1e6:.1f} us process CPU, "
-            f"{loop_cpu / n_steady * 1e6:.1f} us event-loop CPU; load average {os.getloadavg()[0]:.1f})",
+            f"{loop_cpu / n_steady * 1e6:.1f} us event-loop CPU"
+            + (f", {server_cpu / n_steady * 1e6:.1f} us PostgreSQL backend CPU" if schema else "")
+            + f"; load average {os.getloadavg()[0]:.1f})",
             flush=True,
         )
     finally:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from phx.crypto import SUITE_1
-from phx.queues import QueueItemType, QueueReader, QueueState, enqueue, new_queue
+from phx.queues import QueueItemType, QueueReader, QueueState, enqueue, new_queue, rotate
 from phx.queues.ratchet import stepper
 from phx.queues.store import QueueStore, queue_schema_sql
 from phx.storage import Database, Engine, migrate
@@ -90,7 +91,7 @@ async def test_concurrent_read_modify_write_is_serialized(db: Database, tmp_path
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 300])
-async def test_save_rows_stores_every_row_and_state(db: Database, tmp_path: Path, n: int) -> None:
+async def test_save_advances_stores_every_item_and_state(db: Database, tmp_path: Path, n: int) -> None:
     store = await make(db, tmp_path)
     sk, pk = cs.generate_hpke_key_pair()
     qids = [b"qa", b"qb", b"qc"]
@@ -98,21 +99,46 @@ async def test_save_rows_stores_every_row_and_state(db: Database, tmp_path: Path
         for i, qid in enumerate(qids):
             await store.create(conn, qid, *new_queue(cs, pk, 0, ratchet_key=bytes([i]) * 32))
     step = stepper(cs)
-    keys = {q: bytes([i]) * 32 for i, q in enumerate(qids)}
-    seqs = dict.fromkeys(qids, 0)
-    rows = []
+    states = {q: QueueState(pk, bytes([i]) * 32, 0, 0) for i, q in enumerate(qids)}
+    messages, rows = [], []
     for i in range(n):
         qid = qids[(i * 7) % 3]  # interleaved, so the store has to order them itself
-        ct, keys[qid] = step(keys[qid], seqs[qid], b"m%d" % i)
-        rows.append((qid, seqs[qid], int(QueueItemType.MESSAGE), b"", ct))
-        seqs[qid] += 1
-    states = {q: QueueState(pk, keys[q], seqs[q], 5) for q in qids if seqs[q]}
+        state = states[qid]
+        if i == n // 2:  # one key update in the middle, stored as a full row
+            state, update = rotate(cs, state, 9)
+            rows.append(
+                (qid, update.sequence_number, int(update.item_type), update.kem_output, update.ciphertext)
+            )
+        ct, rk = step(state.ratchet_key, state.next_sequence, b"m%d" % i)
+        messages.append((qid, state.next_sequence, ct))
+        states[qid] = replace(state, ratchet_key=rk, next_sequence=state.next_sequence + 1)
+    advances = [
+        (q, s.ratchet_key, s.next_sequence, s.last_rotation) for q, s in states.items() if s.next_sequence
+    ]
     async with db.transaction() as conn:
-        await store.save_rows(conn, states, rows)
+        await store.save_advances(conn, advances, messages, rows)
     async with db.transaction() as conn:
         for i, qid in enumerate(qids):
-            assert await store.get(conn, qid) == states.get(qid, QueueState(pk, bytes([i]) * 32, 0, 0))
+            assert await store.get(conn, qid) == states[qid]
             items, _ = await store.dequeue(conn, qid, 0, 1000)
             reader = QueueReader(cs, [sk], ratchet_key=bytes([i]) * 32)
             assert reader.read_all(items) == [b"m%d" % j for j in range(n) if qids[(j * 7) % 3] == qid]
-        assert await conn.fetchval("SELECT COUNT(*) FROM qtest_queue_messages") == n
+        assert await conn.fetchval("SELECT COUNT(*) FROM qtest_queue_messages") == n + len(rows)
+
+
+async def test_insert_messages_and_rows_alone(db: Database, tmp_path: Path) -> None:
+    store = await make(db, tmp_path)
+    _, pk = cs.generate_hpke_key_pair()
+    async with db.transaction() as conn:
+        await store.create(conn, b"q", *new_queue(cs, pk, 0, ratchet_key=bytes(32)))
+        await store.insert_messages(conn, [(b"q", s, b"c%d" % s) for s in range(5)])
+        await store.insert_rows(conn, [(b"q", 5, int(QueueItemType.KEY_UPDATE), b"kem", b"ct")])
+        await store.insert_messages(conn, [])
+        await store.insert_rows(conn, [])
+        await store.save_advances(conn, [], [])
+    async with db.transaction() as conn:
+        items, _ = await store.dequeue(conn, b"q", 0, 100)
+    assert [(i.sequence_number, i.item_type, i.kem_output, i.ciphertext) for i in items] == [
+        *((s, QueueItemType.MESSAGE, b"", b"c%d" % s) for s in range(5)),
+        (5, QueueItemType.KEY_UPDATE, b"kem", b"ct"),
+    ]

@@ -10,7 +10,7 @@ import pytest
 from phx.crypto import SUITE_1
 from phx.errors import AuthError, ExpiredError, SignatureError, ValidationError
 from phx.identifiers import Fqdn, GroupId, QsCid, QsUid
-from phx.queues import QueueItemType, QueueMessage, QueueReader, Random, enqueue, new_queue
+from phx.queues import QueueItemType, QueueReader, Random, enqueue, new_queue
 from phx.queuing import core
 from phx.queuing.messages import (
     ClientQueueConfig,
@@ -199,9 +199,10 @@ def test_plan_batch_equals_one_enqueue_per_delivery() -> None:
     def comparable(r: tuple[bytes, int, int, bytes, bytes]) -> tuple[object, ...]:
         return r if r[2] == QueueItemType.MESSAGE else r[:3]  # HPKE-sealed updates use fresh randomness
 
-    assert [comparable(r) for r in plan.rows] == [comparable(r) for r in rows]
-    assert [r[2] for r in plan.rows].count(QueueItemType.KEY_UPDATE) == 1
-    assert plan.states == {q: s for q, s in states.items() if s != init_states[q]}
+    got = [(q, i.sequence_number, int(i.item_type), i.kem_output, i.ciphertext) for q, i in plan.items()]
+    assert [comparable(r) for r in got] == [comparable(r) for r in rows]
+    assert [r[2] for r in plan.rows] == [QueueItemType.KEY_UPDATE]
+    assert plan.states(init_states) == {q: s for q, s in states.items() if s != init_states[q]}
     assert plan.deleted == deleted and [len(d) for d in deleted] == [1, 0, 0, 1]
     assert {
         (d.queue_id, d.next_sequence, d.push_token_key, d.encrypted_push_token) for d in plan.delivered
@@ -212,7 +213,7 @@ def test_plan_batch_equals_one_enqueue_per_delivery() -> None:
     }
     for i, qid in enumerate(qids):
         reader = QueueReader(cs, [owners[i][0]], ratchet_key=init_states[qid].ratchet_key)
-        mine = [QueueMessage(r[1], QueueItemType(r[2]), r[3], r[4]) for r in plan.rows if r[0] == qid]
+        mine = [item for q, item in plan.items() if q == qid]
         assert reader.read_all(mine) == [
             p
             for rs, g, p, _ in fan_outs

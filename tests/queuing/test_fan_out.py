@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import uuid
 from collections.abc import Sequence
 
@@ -14,6 +16,7 @@ from phx.identifiers import Fqdn, GroupId, QsCid
 from phx.mls.messages import MLSMessage, PrivateMessage
 from phx.mls.messages.common import ContentType
 from phx.queues import QueueItemType, QueueReader
+from phx.queuing import core
 from phx.queuing import messages as qm
 from phx.queuing.messages import (
     ClientQueueConfig,
@@ -331,3 +334,72 @@ async def test_a_failing_fan_out_does_not_fail_others_sharing_its_transaction(db
         assert sorted(body_of(p) for p in await c.read_queue()) == sorted(str(i).encode() for i in range(8))
         items = await service.queue_items(c.cid)
         assert [i.sequence_number for i in items] == list(range(len(items)))
+
+
+async def test_a_failure_in_the_middle_of_a_batch_rolls_back_only_that_batch(db: Database) -> None:
+    """A fan-out failing after another one of its batch was encrypted: nothing of the batch stays, the
+    others are retried alone, and the connection is fine afterwards."""
+    loop_errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    entropy = FlakyRandom()
+    clock = FakeClock()
+    service = await make_service(
+        db, clock, config=QsConfig(ratchet_key_rotation_interval=DAY), random=entropy
+    )
+    b = await register(service)
+    clock.now += DAY - 10
+    a = await register(service)
+    clock.now += 10  # b's key update is due, a's is not
+    entropy.fail = True  # the key update needs fresh randomness
+    results = await asyncio.gather(
+        service.enqueue_fan_out(fan_out([a.queue_config()], body=b"first")),
+        service.enqueue_fan_out(fan_out([b.queue_config()], body=b"second")),
+        return_exceptions=True,
+    )
+    assert results[0] == [] and isinstance(results[1], RuntimeError)
+    assert [i.sequence_number for i in await service.queue_items(a.cid)] == [0, 1]
+    assert [i.item_type for i in await service.queue_items(b.cid)] == [QueueItemType.INITIAL_KEY]
+    entropy.fail = False
+    await service.enqueue_fan_out(fan_out([a.queue_config(), b.queue_config()], body=b"third"))
+    assert [body_of(p) for p in await a.read_queue()] == [b"first", b"third"]
+    assert [body_of(p) for p in await b.read_queue()] == [b"third"]
+    gc.collect()  # a task whose failure nobody awaited reports it when collected
+    assert loop_errors == []
+
+
+class FlakyRandom:
+    def __init__(self) -> None:
+        self.fail = False
+
+    def __call__(self, n: int) -> bytes:
+        if self.fail:
+            raise RuntimeError("no entropy")
+        return os.urandom(n)
+
+
+async def test_the_config_cache_tells_sealed_configs_apart_by_both_fields(db: Database) -> None:
+    """A config whose kem_output and ciphertext concatenate to a cached config's bytes, split elsewhere, is
+    another config (it does not open): it must not reach the cached config's queue."""
+    service = await make_service(db)
+    a = await register(service)
+    real = a.queue_config()
+    kem, ct = real.sealed_config.kem_output, real.sealed_config.ciphertext
+    forged = ClientQueueConfig(DOMAIN, qm.SealedQueueConfig(kem[:-1], kem[-1:] + ct))
+    assert await service.enqueue_fan_out(fan_out([real], body=b"1")) == []
+    [deleted] = await service.enqueue_fan_out(fan_out([forged], body=b"2"))
+    assert deleted.client_queue_config == forged
+    assert [body_of(p) for p in await a.read_queue()] == [b"1"]
+
+
+async def test_prepared_payload_is_the_encoded_fan_out_queue_payload(db: Database) -> None:
+    service = await make_service(db)
+    a = await register(service)
+    message = fan_out([a.queue_config(), ClientQueueConfig(Fqdn("far.test"), a.queue_config().sealed_config)])
+    prepared = service.fan_out.prepare(message, T0 + 5)
+    assert prepared.payload == FanOutQueuePayload(T0 + 5, message.message_content).encode()
+    assert prepared.group_id == message.message_content.group_id()
+    reference = core.classify_configs(message.client_queue_configs, DOMAIN, service.fan_out.unseal)
+    assert prepared.classified == reference
+    assert [p.timestamp for p in await a.read_queue()] == []
+    await service.enqueue_fan_out(fan_out([a.queue_config()]))
+    assert [p.timestamp for p in await a.read_queue()] == [T0]

@@ -20,7 +20,17 @@ from phx.storage import Connection, Engine
 
 from .ratchet import QueueItemType, QueueMessage, QueueState
 
-__all__ = ["QueueStore", "in_args", "in_clause", "queue_schema_sql"]
+#: An item as stored: (queue id, sequence number, item type, kem_output, ciphertext).
+ItemRow = tuple[bytes, int, int, bytes, bytes]
+#: A ``MESSAGE`` item (its kem_output is empty): (queue id, sequence number, ciphertext).
+MessageRow = tuple[bytes, int, bytes]
+#: A ratchet that moved, its encryption key unchanged: (queue id, ratchet key, next sequence number,
+#: last rotation).
+Advance = tuple[bytes, bytes, int, int]
+
+_MESSAGE = int(QueueItemType.MESSAGE)
+
+__all__ = ["Advance", "ItemRow", "MessageRow", "QueueStore", "in_args", "in_clause", "queue_schema_sql"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _REF = re.compile(r"^[a-z][a-z0-9_]* \([a-z][a-z0-9_]*\)$")
@@ -77,9 +87,10 @@ def _flat(rows: Iterable[tuple[object, ...]]) -> list[object]:
     return list(chain.from_iterable(rows))
 
 
-def _columns(rows: Iterable[tuple[object, ...]]) -> list[list[object]]:
+def _columns(rows: Iterable[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows to columns (``zip`` transposes in C); no rows still make ``width`` empty columns."""
     cols = [list(c) for c in zip(*rows, strict=True)]
-    return cols if cols else [[], [], [], [], []]
+    return cols if cols else [[] for _ in range(width)]
 
 
 def in_clause(engine: Engine, n: int, first: int = 1) -> str:
@@ -121,16 +132,27 @@ class QueueStore:
             f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
             "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[])"
         )
-        self._save_pg = (
-            f"WITH s AS (UPDATE {self.queues} AS q SET encryption_key = u.ek, ratchet_key = u.rk, "
-            "next_sequence = u.ns, last_rotation = u.lr "
-            "FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[]) "
-            "AS u(qid, ek, rk, ns, lr) WHERE q.queue_id = u.qid) "
+        self._advance_pg = (
+            f"WITH a AS (UPDATE {self.queues} AS q SET ratchet_key = u.rk, next_sequence = u.ns, "
+            "last_rotation = u.lr FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[]) "
+            "AS u(qid, rk, ns, lr) WHERE q.queue_id = u.qid) "
             f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
-            "SELECT * FROM unnest($6::bytea[], $7::bigint[], $8::bigint[], $9::bytea[], $10::bytea[])"
+            f"SELECT m.qid, m.seq, {_MESSAGE}, ''::bytea, m.ct "
+            "FROM unnest($5::bytea[], $6::bigint[], $7::bytea[]) AS m(qid, seq, ct)"
         )
-        self._update_values: dict[int, str] = {}
-        self._insert_values: dict[int, str] = {}
+        self._advance_pg_rows = self._advance_pg.replace(
+            "WITH a AS (",
+            f"WITH r AS (INSERT INTO {self.messages} "
+            "(queue_id, sequence_number, item_type, kem_output, ciphertext) "
+            "SELECT * FROM unnest($8::bytea[], $9::bigint[], $10::bigint[], $11::bytea[], $12::bytea[])), "
+            "a AS (",
+        )
+        self._insert_messages_pg = (
+            f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
+            f"SELECT m.qid, m.seq, {_MESSAGE}, ''::bytea, m.ct "
+            "FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) AS m(qid, seq, ct)"
+        )
+        self._values: dict[tuple[str, int], str] = {}
         self._update_state = (
             f"UPDATE {self.queues} SET encryption_key = $2, ratchet_key = $3, next_sequence = $4, "
             "last_rotation = $5 WHERE queue_id = $1"
@@ -196,59 +218,80 @@ class QueueStore:
                 ],
             )
 
-    async def save_rows(
+    async def save_advances(
         self,
         conn: Connection,
-        states: Mapping[bytes, QueueState],
-        rows: Sequence[tuple[bytes, int, int, bytes, bytes]],
+        advances: Sequence[Advance],
+        messages: Sequence[MessageRow],
+        rows: Sequence[ItemRow] = (),
     ) -> None:
-        """:meth:`save` for items given as rows ``(queue id, sequence number, item type, kem_output,
-        ciphertext)``: what the QS fan-out produces, without a :class:`QueueMessage` per item.
+        """Store what a fan-out batch did to queues locked in this transaction: ratchets that advanced
+        (their encryption key stays), their ``MESSAGE`` items and any other items (key updates).
 
-        PostgreSQL gets both in one statement over arrays (a data-modifying CTE: one round trip). SQLite
+        PostgreSQL gets it all in one statement over arrays (data-modifying CTEs: one round trip). SQLite
         gets multi-row ``VALUES`` statements in power-of-two chunks (a handful of distinct statement texts,
-        so they stay prepared), rows sorted by key so the B-tree inserts walk the pages in order.
+        so they stay prepared), sorted by key so the B-tree work walks the pages in order.
         """
         if conn.engine == "postgres":
-            if not states and not rows:
+            if not advances and not messages and not rows:
                 return
-            # zip(*) transposes in C; empty sides still need their five (empty) arrays.
-            s_cols = _columns(
-                (qid, s.encryption_key, s.ratchet_key, s.next_sequence, s.last_rotation)
-                for qid, s in states.items()
-            )
-            await conn.execute(self._save_pg, *s_cols, *_columns(rows))
+            sql = self._advance_pg_rows if rows else self._advance_pg
+            extra = _columns(rows, 5) if rows else []
+            await conn.execute(sql, *_columns(advances, 4), *_columns(messages, 3), *extra)
             return
-        if states:
-            updates = sorted(
-                (qid, s.encryption_key, s.ratchet_key, s.next_sequence, s.last_rotation)
-                for qid, s in states.items()
-            )
-            for chunk in _chunks(updates):
-                await conn.execute(self._update_values_sql(len(chunk)), *_flat(chunk))
-        if rows:
-            for chunk in _chunks(sorted(rows)):
-                await conn.execute(self._insert_values_sql(len(chunk)), *_flat(chunk))
+        for chunk in _chunks(sorted(advances)):
+            await conn.execute(self._values_sql("advance", len(chunk)), *_flat(chunk))
+        await self.insert_messages(conn, messages)
+        await self.insert_rows(conn, rows)
 
-    def _update_values_sql(self, n: int) -> str:
-        sql = self._update_values.get(n)
-        if sql is None:
-            values = ", ".join(f"(${i}, ${i + 1}, ${i + 2}, ${i + 3}, ${i + 4})" for i in range(1, 5 * n, 5))
-            sql = self._update_values[n] = (
-                f"UPDATE {self.queues} SET encryption_key = v.column2, ratchet_key = v.column3, "
-                "next_sequence = v.column4, last_rotation = v.column5 "
-                f"FROM (VALUES {values}) AS v WHERE {self.queues}.queue_id = v.column1"
-            )
-        return sql
+    async def insert_messages(self, conn: Connection, messages: Sequence[MessageRow]) -> None:
+        """Insert ``MESSAGE`` items ``(queue id, sequence number, ciphertext)`` of queues locked in this
+        transaction (their states are saved separately, in the same transaction)."""
+        if not messages:
+            return
+        if conn.engine == "postgres":
+            await conn.execute(self._insert_messages_pg, *_columns(messages, 3))
+            return
+        for chunk in _chunks(sorted(messages)):
+            await conn.execute(self._values_sql("message", len(chunk)), *_flat(chunk))
 
-    def _insert_values_sql(self, n: int) -> str:
-        sql = self._insert_values.get(n)
-        if sql is None:
-            values = ", ".join(f"(${i}, ${i + 1}, ${i + 2}, ${i + 3}, ${i + 4})" for i in range(1, 5 * n, 5))
-            sql = self._insert_values[n] = (
+    async def insert_rows(self, conn: Connection, rows: Sequence[ItemRow]) -> None:
+        """Insert items given as full rows (queue id, sequence number, item type, kem_output, ciphertext)
+        of queues locked in this transaction."""
+        if not rows:
+            return
+        if conn.engine == "postgres":
+            await conn.execute(self._insert_items_pg, *_columns(rows, 5))
+            return
+        for chunk in _chunks(sorted(rows)):
+            await conn.execute(self._values_sql("item", len(chunk)), *_flat(chunk))
+
+    def _values_sql(self, kind: str, n: int) -> str:
+        """SQLite statements over ``n`` rows of multi-row VALUES (cached per kind and size)."""
+        sql = self._values.get((kind, n))
+        if sql is not None:
+            return sql
+        width = {"advance": 4, "message": 3, "item": 5}[kind]
+        values = ", ".join(
+            "(" + ", ".join(f"${i + j}" for j in range(width)) + ")" for i in range(1, width * n, width)
+        )
+        if kind == "advance":
+            sql = (
+                f"UPDATE {self.queues} SET ratchet_key = v.column2, next_sequence = v.column3, "
+                f"last_rotation = v.column4 FROM (VALUES {values}) AS v "
+                f"WHERE {self.queues}.queue_id = v.column1"
+            )
+        elif kind == "message":
+            sql = (
+                f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
+                f"SELECT v.column1, v.column2, {_MESSAGE}, X'', v.column3 FROM (VALUES {values}) AS v"
+            )
+        else:
+            sql = (
                 f"INSERT INTO {self.messages} (queue_id, sequence_number, item_type, kem_output, ciphertext) "
                 f"VALUES {values}"
             )
+        self._values[(kind, n)] = sql
         return sql
 
     async def insert_items(self, conn: Connection, items: Iterable[tuple[bytes, QueueMessage]]) -> None:

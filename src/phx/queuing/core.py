@@ -19,6 +19,7 @@ from phx.mls.key_package import is_last_resort
 from phx.mls.leaf_validation import validate_key_package
 from phx.queues import QueueItemType, QueueMessage, QueueState, Random, new_queue, rotate
 from phx.queues.ratchet import stepper
+from phx.queues.store import Advance, ItemRow, MessageRow
 
 from .messages import (
     LABEL_AUTH_TOKEN,
@@ -36,6 +37,7 @@ __all__ = [
     "CLOCK_SKEW",
     "MIN_FRIENDSHIP_TOKEN",
     "BatchPlan",
+    "BatchPlanner",
     "ClientRecord",
     "DeliveryPlan",
     "DeliveryTarget",
@@ -325,24 +327,128 @@ class DeliveryPlan:
     delivered: list[Delivery] = field(default_factory=list)
 
 
-#: A queue row as :meth:`phx.queues.store.QueueStore.save_rows` stores it:
-#: (queue id, sequence number, item type, kem_output, ciphertext).
-ItemRow = tuple[bytes, int, int, bytes, bytes]
-
-
 @dataclass(slots=True)
 class BatchPlan:
-    """What a batch of fan-outs does to the queues: one new state per queue that grew (whatever the number
-    of messages it got), the rows to insert, per fan-out the configs without a queue, and the last delivery
-    into each queue (for the post-commit wake-up or push)."""
+    """What a batch of fan-outs does to the queues (in the shapes :meth:`QueueStore.save_advances` stores):
+    one advance per queue that grew (whatever the number of messages it got), the ``MESSAGE`` items, any
+    other items (key updates), per fan-out the configs without a queue, and per queue that grew its last
+    delivery (for the post-commit wake-up or push)."""
 
-    states: dict[bytes, QueueState]
+    advances: list[Advance]
+    messages: list[MessageRow]
     rows: list[ItemRow]
     deleted: list[list[ClientQueueConfig]]
     delivered: list[Delivery]
 
+    def states(self, before: Mapping[bytes, QueueState]) -> dict[bytes, QueueState]:
+        """The new states of the queues that grew (``before``: their states the plan started from)."""
+        return {q: QueueState(before[q].encryption_key, rk, ns, lr) for q, rk, ns, lr in self.advances}
 
-_MESSAGE = int(QueueItemType.MESSAGE)
+    def items(self) -> list[tuple[bytes, QueueMessage]]:
+        """Every item as a :class:`QueueMessage`, in the order they were made (a key update right before
+        the message it preceded)."""
+        before = {(r[0], r[1] + 1): r for r in self.rows}
+        out = []
+        for qid, seq, ct in self.messages:
+            r = before.get((qid, seq))
+            if r is not None:
+                out.append((qid, QueueMessage(r[1], QueueItemType(r[2]), r[3], r[4])))
+            out.append((qid, QueueMessage(seq, QueueItemType.MESSAGE, b"", ct)))
+        return out
+
+
+class BatchPlanner:
+    """:func:`plan_deliveries` for several fan-outs in order, as the fan-out loop needs it: a queue's
+    ratchet key and sequence number are carried from one message to the next in a small list, and only the
+    final ones are kept (the intermediate keys never leave the loop). The result is exactly that of
+    :func:`plan_deliveries` run on each fan-out in turn with the states it returned."""
+
+    __slots__ = (
+        "_cs",
+        "_step",
+        "_targets",
+        "_states",
+        "_interval",
+        "_random",
+        "_work",
+        "_messages",
+        "_rows",
+        "_deleted",
+    )
+
+    def __init__(
+        self,
+        cs: CipherSuite,
+        targets: Mapping[bytes, DeliveryTarget],
+        states: Mapping[bytes, QueueState],
+        *,
+        rotation_interval: int,
+        random: Random = os.urandom,
+    ) -> None:
+        self._cs = cs
+        self._step = stepper(cs)
+        self._targets = targets
+        self._states = states
+        self._interval = rotation_interval
+        self._random = random
+        # queue id -> [ratchet key, next sequence, last rotation, encryption key, last Unsealed or None]
+        self._work: dict[bytes, list[Any]] = {}
+        self._messages: list[MessageRow] = []
+        self._rows: list[ItemRow] = []
+        self._deleted: list[list[ClientQueueConfig]] = []
+
+    def add(self, recipients: Iterable[LocalRecipient], group_id: GroupId, payload: bytes, now: int) -> None:
+        """Encrypt one fan-out's ``payload`` into its recipients' queues."""
+        targets, work, messages, step = self._targets, self._work, self._messages, self._step
+        dead: list[ClientQueueConfig] = []
+        self._deleted.append(dead)
+        seen: set[bytes] = set()
+        for rcpt in recipients:
+            u = rcpt.unsealed
+            qid = u.queue_id
+            target = targets.get(qid)
+            if target is None:
+                dead.append(rcpt.config)
+                continue
+            w = work.get(qid)
+            if w is None:
+                state = self._states.get(qid)
+                if state is None:
+                    dead.append(rcpt.config)
+                    continue
+                w = [state.ratchet_key, state.next_sequence, state.last_rotation, state.encryption_key, None]
+                work[qid] = w
+            if qid in seen:
+                continue
+            seen.add(qid)
+            if target.blocklist and blocklist_hash(target.blocklist_salt, group_id) in target.blocklist:
+                continue
+            seq = w[1]
+            if now - w[2] >= self._interval:
+                old = QueueState(w[3], w[0], seq, w[2])
+                rotated, update = rotate(self._cs, old, now, random=self._random)
+                self._rows.append((qid, seq, int(update.item_type), update.kem_output, update.ciphertext))
+                seq = rotated.next_sequence
+                w[0], w[2] = rotated.ratchet_key, now
+            ct, w[0] = step(w[0], seq, payload)
+            w[1] = seq + 1
+            w[4] = u
+            messages.append((qid, seq, ct))
+
+    def finish(self) -> BatchPlan:
+        """The advances, the items, the configs without a queue and the deliveries."""
+        advances: list[Advance] = []
+        delivered = []
+        targets = self._targets
+        for qid, w in self._work.items():
+            u = w[4]
+            if u is None:
+                continue  # blocked or named only after a missing record: unchanged
+            advances.append((qid, w[0], w[1], w[2]))
+            delivered.append(
+                Delivery(qid, w[1], u.queue_config.option_push_token_key, targets[qid].encrypted_push_token)
+            )
+        return BatchPlan(advances, self._messages, self._rows, self._deleted, delivered)
 
 
 def plan_batch(
@@ -354,60 +460,11 @@ def plan_batch(
     rotation_interval: int,
     random: Random = os.urandom,
 ) -> BatchPlan:
-    """:func:`plan_deliveries` for several fan-outs in order, each ``(recipients, group id, payload,
-    now)``, as the fan-out loop needs it: a queue's ratchet key and sequence number are carried from one
-    message to the next in a small list, and only the final state per queue becomes a :class:`QueueState`
-    (the intermediate keys are never kept). The result is exactly that of :func:`plan_deliveries` run on
-    each fan-out in turn with the states it returned."""
-    step = stepper(cs)
-    # queue id -> [ratchet key, next sequence, last rotation, encryption key]
-    work: dict[bytes, list[Any]] = {}
-    rows: list[ItemRow] = []
-    deleted: list[list[ClientQueueConfig]] = []
-    latest: dict[bytes, Unsealed] = {}
+    """:class:`BatchPlanner` over fan-outs given as ``(recipients, group id, payload, now)``."""
+    planner = BatchPlanner(cs, targets, states, rotation_interval=rotation_interval, random=random)
     for recipients, group_id, payload, now in fan_outs:
-        dead: list[ClientQueueConfig] = []
-        deleted.append(dead)
-        seen: set[bytes] = set()
-        for rcpt in recipients:
-            u = rcpt.unsealed
-            qid = u.queue_id
-            target = targets.get(qid)
-            if target is None:
-                dead.append(rcpt.config)
-                continue
-            w = work.get(qid)
-            if w is None:
-                state = states.get(qid)
-                if state is None:
-                    dead.append(rcpt.config)
-                    continue
-                w = [state.ratchet_key, state.next_sequence, state.last_rotation, state.encryption_key]
-                work[qid] = w
-            if qid in seen:
-                continue
-            seen.add(qid)
-            if target.blocklist and blocklist_hash(target.blocklist_salt, group_id) in target.blocklist:
-                continue
-            seq = w[1]
-            if now - w[2] >= rotation_interval:
-                rotated, update = rotate(cs, QueueState(w[3], w[0], seq, w[2]), now, random=random)
-                rows.append((qid, seq, int(update.item_type), update.kem_output, update.ciphertext))
-                seq = rotated.next_sequence
-                w[0], w[2] = rotated.ratchet_key, now
-            ct, w[0] = step(w[0], seq, payload)
-            w[1] = seq + 1
-            rows.append((qid, seq, _MESSAGE, b"", ct))
-            latest[qid] = u
-    new_states = {}
-    delivered = []
-    for qid, u in latest.items():
-        w = work[qid]
-        new_states[qid] = QueueState(w[3], w[0], w[1], w[2])
-        delivered.append(
-            Delivery(qid, w[1], u.queue_config.option_push_token_key, targets[qid].encrypted_push_token)
-        )
-    return BatchPlan(new_states, rows, deleted, delivered)
+        planner.add(recipients, group_id, payload, now)
+    return planner.finish()
 
 
 def plan_deliveries(
@@ -433,8 +490,7 @@ def plan_deliveries(
         rotation_interval=rotation_interval,
         random=random,
     )
-    items = [(r[0], QueueMessage(r[1], QueueItemType(r[2]), r[3], r[4])) for r in batch.rows]
-    return DeliveryPlan(batch.states, items, batch.deleted[0], batch.delivered)
+    return DeliveryPlan(batch.states(states), batch.items(), batch.deleted[0], batch.delivered)
 
 
 def require(value: object | None, what: str) -> None:

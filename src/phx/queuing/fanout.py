@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +30,6 @@ from .listeners import ListenerRegistry, PushNotifier
 from .messages import (
     ClientQueueConfig,
     FanOutMessage,
-    FanOutQueuePayload,
     MessageContent,
     QueueDeleted,
     decrypt_push_token,
@@ -133,7 +132,7 @@ class FanOutDeliverer:
         self.notifier = notifier
         self.random = random
         self._qc_private = queue_config_key
-        self._cache: OrderedDict[bytes, core.Unsealed | None] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, bytes], core.LocalRecipient | None] = OrderedDict()
         self._group_ids: dict[bytes, GroupId] = {}
         self._cache_size = cache_size
         self._batch = max(1, batch)
@@ -145,22 +144,45 @@ class FanOutDeliverer:
 
     def unseal(self, config: ClientQueueConfig) -> core.Unsealed | None:
         """What a sealed config addressed to this QS holds, None if it does not open (cached)."""
+        r = self._recipient(config)
+        return None if r is None else r.unsealed
+
+    def _recipient(self, config: ClientQueueConfig) -> core.LocalRecipient | None:
+        """The local recipient a config of this QS's domain names, None if it does not open. Cached by the
+        sealed bytes (both fields: a concatenation could be split differently); the cached recipient
+        carries the first config seen, equal to this one."""
         sealed = config.sealed_config
-        key = sealed.kem_output + sealed.ciphertext
+        key = (sealed.kem_output, sealed.ciphertext)
         cache = self._cache
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
         try:
-            u: core.Unsealed | None = core.Unsealed.of(
-                unseal_queue_config(self._qc_private, self.domain, sealed, cs=self.cs)
-            )
+            u = core.Unsealed.of(unseal_queue_config(self._qc_private, self.domain, sealed, cs=self.cs))
+            new: core.LocalRecipient | None = core.LocalRecipient(config, u)
         except ValidationError:
-            u = None
-        cache[key] = u
+            new = None
+        cache[key] = new
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
-        return u
+        return new
+
+    def classify(self, configs: Iterable[ClientQueueConfig]) -> core.Classified:
+        """:func:`core.classify_configs` with this QS's cache, comparing domains by their text."""
+        out = core.Classified()
+        own = self.domain.value
+        local, unusable = out.local, out.unusable
+        for config in configs:
+            domain = config.client_homeserver_domain
+            if domain.value != own:
+                out.remote.setdefault(domain, []).append(config)
+                continue
+            r = self._recipient(config)
+            if r is None:
+                unusable.append(config)
+            else:
+                local.append(r)
+        return out
 
     @property
     def cache_len(self) -> int:
@@ -213,8 +235,9 @@ class FanOutDeliverer:
         return PreparedFanOut(
             self._group_id(content),
             content,
-            core.classify_configs(fan_out.client_queue_configs, self.domain, self.unseal),
-            FanOutQueuePayload(now, content).encode(),
+            self.classify(fan_out.client_queue_configs),
+            # FanOutQueuePayload(now, content).encode(), without building the struct.
+            now.to_bytes(8, "big") + content.encode(),
             now,
         )
 
@@ -237,15 +260,17 @@ class FanOutDeliverer:
         to the forwarder in it too). Call :meth:`after_commit` with the result once ``conn`` committed."""
         owners = {r.unsealed.queue_id: r.unsealed.qs_uid for f in fan_outs for r in f.classified.local}
         targets, states = await self.store.lock_delivery_targets(conn, owners)
-        plan = core.plan_batch(
+        planner = core.BatchPlanner(
             self.cs,
-            [(f.classified.local, f.group_id, f.payload, f.now) for f in fan_outs],
             targets,
             states,
             rotation_interval=self.config.ratchet_key_rotation_interval,
             random=self.random,
         )
-        await self.store.queues.save_rows(conn, plan.states, plan.rows)
+        for f in fan_outs:
+            planner.add(f.classified.local, f.group_id, f.payload, f.now)
+        plan = planner.finish()
+        await self.store.queues.save_advances(conn, plan.advances, plan.messages, plan.rows)
         deleted: list[list[QueueDeleted]] = []
         for f, dead in zip(fan_outs, plan.deleted, strict=True):
             unusable = f.classified.unusable
