@@ -131,19 +131,11 @@ class Node:
             db = await open_database(self.db_url)
             stack.push_async_callback(db.close)
             resolver = Resolver(self.net.overrides)
-            listeners = None
-            if self.db_url.startswith("postgres"):
-                # Several instances may share this database: wake-ups must reach all of them.
-                listeners = PgListenerRegistry(self.db_url)
-                await listeners.start()
-                stack.push_async_callback(listeners.stop)
-            self.listeners = listeners
             kwargs = {"owner": f"{self.domain}#{id(self)}#{self.starts}", **self.fed_kwargs}
             hs = await make_homeserver(
                 self.config,
                 db,
                 None,
-                listeners=listeners,
                 resolver=resolver,
                 database_url=self.db_url,
                 **kwargs,
@@ -156,6 +148,7 @@ class Node:
             await stack.aclose()
             raise
         self.db, self.hs, self._stack = db, hs, stack
+        self.listeners = hs.fed.listeners
         self.starts += 1
 
     async def stop(self) -> None:

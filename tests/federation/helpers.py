@@ -124,7 +124,7 @@ async def make_homeserver(
         clock=lambda: int(time.time()),
         redeemer=AcceptAll(),
         forwarder=fed.forwarder,
-        listeners=listeners,
+        listeners=listeners if listeners is not None else fed.listeners,
     )
     fed.bind(qs)
     return Homeserver(config.server.domain, config, db, qs, fed, registry)

@@ -5,6 +5,7 @@
     fed = FederationService(config, db, registry=registry)       # policy, store, keyring, client, sender
     qs = await QsService.open(db, config.qs, domain, ..., forwarder=fed.forwarder)
     fed.bind(qs)                                                  # receiver + signing key from the QS
+    # (on PostgreSQL also pass listeners=fed.listeners to QsService.open: wake-ups across instances)
     services = [qs_service, fed, ...]                             # fed.routes(): /qs/v1/federated_enqueue
 
 It is a :class:`phx.server.Service` named ``federation`` (its migrations are ``federation``); ``start``
@@ -39,6 +40,7 @@ from phx.server.metrics import Registry
 from phx.storage import Database
 
 from .discovery import PeerClient, Resolver, https_transport
+from .instances import PgListenerRegistry
 from .keyring import Keyring, qs_key_fetcher
 from .metrics import FederationMetrics
 from .outbox import OutboxPolicy
@@ -113,6 +115,11 @@ class FederationService:
         self._lease = lease if lease is not None else max(60.0, 2 * fed.request_timeout)
         self._max_concurrency = max_concurrency
         self._maintenance_interval = maintenance_interval
+        #: On PostgreSQL: the QS's listener registry for several instances (pass it to ``QsService.open``
+        #: as ``listeners``); started and stopped with this service. None on SQLite (one process).
+        self.listeners: PgListenerRegistry | None = (
+            PgListenerRegistry(self._database_url) if db.engine == "postgres" else None
+        )
         self.queues: LocalQueues | None = None
         self.sender: Sender | None = None
         self.receiver: Receiver | None = None
@@ -200,6 +207,8 @@ class FederationService:
                 self._database_url, {OUTBOX_CHANNEL: woken}, on_reconnect=sender.poll_soon
             )
             await self._listener.start()
+            if self.listeners is not None:
+                await self.listeners.start()
         sender.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="phx-federation-maintenance")
 
@@ -219,6 +228,8 @@ class FederationService:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self.listeners is not None:
+            await self.listeners.stop()
         await self.client.aclose()
 
     async def maintain(self) -> tuple[int, dict[Fqdn, int]]:
