@@ -152,7 +152,14 @@ async def build_homeserver(
         hs.services.append(auth)
     if fed is not None:
         qs = await QsService.open(
-            db, config.qs, domain, clock=clock, redeemer=_QsTokens(auth.redeemer), forwarder=fed.forwarder
+            db,
+            config.qs,
+            domain,
+            clock=clock,
+            redeemer=_QsTokens(auth.redeemer),
+            forwarder=fed.forwarder,
+            # On PostgreSQL, live-listen wake-ups reach a client connected to any instance.
+            listeners=fed.listeners,
         )
         fed.bind(qs)
         hs.queuing = qs
