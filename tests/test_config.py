@@ -388,12 +388,8 @@ def test_federation_rules() -> None:
     rejects(
         "federation.outbox.backoff_max", rest='[federation.outbox]\nbackoff_base = "1m"\nbackoff_max = "30s"'
     )
-    with pytest.raises(ConfigError, match="^federation.insecure_plain_http: requires server.plain_http"):
-        parse_config(
-            '[server]\ndomain = "a.test"\ntls_cert = "/c"\ntls_key = "/k"\n'
-            "[federation]\ninsecure_plain_http = true\n"
-        )
-    assert cfg(rest="[federation]\ninsecure_plain_http = true").federation.insecure_plain_http
+    # There is no plaintext federation: the old testing switch is an unknown key.
+    rejects("federation.insecure_plain_http", rest="[federation]\ninsecure_plain_http = true")
 
 
 def test_credential_lifetime_rules() -> None:

@@ -411,8 +411,6 @@ class FederationConfig:
     """Host name → ``"host:port"`` to connect to instead of DNS/443 (tests, split horizons)."""
     ca_file: Path | None = _opt(None, _path)
     """PEM bundle of CAs trusted for peers' TLS; unset = the system trust store."""
-    insecure_plain_http: bool = _opt(False, _bool)
-    """Testing only: talk to peers over plain http://. Requires ``server.plain_http``. Default false."""
     connect_timeout: float = _opt(5.0, _seconds())
     """TCP+TLS connect timeout to a peer. Default ``5s``."""
     request_timeout: float = _opt(30.0, _seconds())
@@ -534,8 +532,6 @@ class Config:
 
     def __post_init__(self) -> None:
         fed, home = self.federation, self.server.domain
-        if fed.insecure_plain_http and not self.server.plain_http:
-            raise ConfigError("federation.insecure_plain_http: requires server.plain_http = true")
         if home in fed.blocklist:
             raise ConfigError(f"federation.blocklist: contains the home domain {home}")
         if home in fed.allowlist:

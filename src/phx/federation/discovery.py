@@ -3,9 +3,8 @@
 Discovery is fixed by the book: the services of domain ``D`` are ``as.D``, ``ds.D`` and ``qs.D``, over
 HTTPS on port 443. ``federation.resolver_overrides`` may say where a host name really is (``"qs.b.test" =
 "127.0.0.1:9443"``); TLS then still verifies the *original* name, which travels as SNI and ``Host``.
-There is no plaintext federation: certificates are verified against the system store or
-``federation.ca_file`` (``federation.insecure_plain_http`` exists for plain-HTTP test set-ups only and the
-config refuses it unless the server itself runs plain HTTP).
+There is no plaintext federation: certificates are always verified, against the system store or
+``federation.ca_file``.
 
 :class:`PeerClient` is the one place that does HTTP to peers. Its transport is an ``httpx`` transport, so
 it can be real HTTPS (:func:`https_transport`), an in-process ASGI app, or a fault-injecting wrapper in
@@ -71,7 +70,7 @@ class Resolver:
 
     @classmethod
     def from_config(cls, config: FederationConfig) -> Resolver:
-        return cls(dict(config.resolver_overrides), plain_http=config.insecure_plain_http)
+        return cls(dict(config.resolver_overrides))
 
     def resolve(self, domain: Fqdn, service: Service) -> Endpoint:
         host = service_domain(domain, service).value
@@ -89,7 +88,7 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def https_transport(config: FederationConfig, *, max_connections: int = 100) -> httpx.AsyncBaseTransport:
-    verify: ssl.SSLContext | bool = False if config.insecure_plain_http else tls_context(config.ca_file)
+    verify = tls_context(config.ca_file)
     return httpx.AsyncHTTPTransport(
         verify=verify,
         trust_env=False,
