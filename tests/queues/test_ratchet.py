@@ -21,7 +21,7 @@ from phx.queues import (
     new_queue,
     rotate,
 )
-from phx.queues.ratchet import _expand, _hmac_pair, _message_keys, stepper
+from phx.queues.ratchet import _expand, _hmac_pair, _message_keys, chainer, stepper
 
 cs = SUITE_1
 DAY = 86400
@@ -269,3 +269,20 @@ def test_enqueue_uses_the_same_ratchet_as_the_reader_for_every_suite() -> None:
         state, items = enqueue(suite, state, [b"a", b"b"], 1)
         reader = QueueReader(suite, [b"unused"], ratchet_key=rk)
         assert reader.read_all(items) == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("suite", _suites(), ids=lambda s: s.name)
+def test_chainer_is_the_step_repeated(suite: CipherSuite) -> None:
+    chain, step = chainer(suite), stepper(suite)
+    rk = bytes(range(1, suite.nh + 1))
+    payloads = [b"", b"one", b"x" * 1000]
+    cts, last = chain(rk, 7, payloads)
+    expected = []
+    key = rk
+    for i, p in enumerate(payloads):
+        ct, key = step(key, 7 + i, p)
+        expected.append(ct)
+    assert (cts, last) == (expected, key)
+    assert chain(rk, 7, []) == ([], rk)
+    with pytest.raises(ValueError):
+        chain(rk[:-1], 0, [b"p"])

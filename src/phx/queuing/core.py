@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import Any
 
 from phx.crypto import PHX_PREFIX, CipherSuite, suite
@@ -18,7 +19,7 @@ from phx.identifiers import Fqdn, GroupId, QsCid, QsUid
 from phx.mls.key_package import is_last_resort
 from phx.mls.leaf_validation import validate_key_package
 from phx.queues import QueueItemType, QueueMessage, QueueState, Random, new_queue, rotate
-from phx.queues.ratchet import stepper
+from phx.queues.ratchet import chainer
 from phx.queues.store import Advance, ItemRow, MessageRow
 
 from .messages import (
@@ -345,8 +346,8 @@ class BatchPlan:
         return {q: QueueState(before[q].encryption_key, rk, ns, lr) for q, rk, ns, lr in self.advances}
 
     def items(self) -> list[tuple[bytes, QueueMessage]]:
-        """Every item as a :class:`QueueMessage`, in the order they were made (a key update right before
-        the message it preceded)."""
+        """Every item as a :class:`QueueMessage`, queue by queue in sequence order (a key update right
+        before the message it preceded)."""
         before = {(r[0], r[1] + 1): r for r in self.rows}
         out = []
         for qid, seq, ct in self.messages:
@@ -358,23 +359,14 @@ class BatchPlan:
 
 
 class BatchPlanner:
-    """:func:`plan_deliveries` for several fan-outs in order, as the fan-out loop needs it: a queue's
-    ratchet key and sequence number are carried from one message to the next in a small list, and only the
-    final ones are kept (the intermediate keys never leave the loop). The result is exactly that of
+    """:func:`plan_deliveries` for several fan-outs in order, as the fan-out loop needs it. :meth:`add`
+    only decides who gets what (missing queues, blocklists, duplicates); :meth:`finish` then encrypts
+    queue by queue, each queue's messages in the order they were added, so a busy queue's ratchet runs
+    through its messages in one tight loop and only its final key and sequence number are kept. Per queue
+    that is the same chain as one :func:`~phx.queues.enqueue` per message, so the result is exactly that of
     :func:`plan_deliveries` run on each fan-out in turn with the states it returned."""
 
-    __slots__ = (
-        "_cs",
-        "_step",
-        "_targets",
-        "_states",
-        "_interval",
-        "_random",
-        "_work",
-        "_messages",
-        "_rows",
-        "_deleted",
-    )
+    __slots__ = ("_cs", "_targets", "_states", "_interval", "_random", "_work", "_deleted")
 
     def __init__(
         self,
@@ -386,69 +378,74 @@ class BatchPlanner:
         random: Random = os.urandom,
     ) -> None:
         self._cs = cs
-        self._step = stepper(cs)
         self._targets = targets
         self._states = states
         self._interval = rotation_interval
         self._random = random
-        # queue id -> [ratchet key, next sequence, last rotation, encryption key, last Unsealed or None]
+        # queue id -> [its state, [payloads], [their times], the last recipient naming it, its target]
         self._work: dict[bytes, list[Any]] = {}
-        self._messages: list[MessageRow] = []
-        self._rows: list[ItemRow] = []
         self._deleted: list[list[ClientQueueConfig]] = []
 
     def add(self, recipients: Iterable[LocalRecipient], group_id: GroupId, payload: bytes, now: int) -> None:
-        """Encrypt one fan-out's ``payload`` into its recipients' queues."""
-        targets, work, messages, step = self._targets, self._work, self._messages, self._step
+        """Queue one fan-out's ``payload`` for its recipients (encrypted by :meth:`finish`)."""
+        targets, work = self._targets, self._work
         dead: list[ClientQueueConfig] = []
         self._deleted.append(dead)
         seen: set[bytes] = set()
         for rcpt in recipients:
             u = rcpt.unsealed
             qid = u.queue_id
-            target = targets.get(qid)
-            if target is None:
-                dead.append(rcpt.config)
-                continue
             w = work.get(qid)
             if w is None:
+                target = targets.get(qid)
                 state = self._states.get(qid)
-                if state is None:
+                if target is None or state is None:
                     dead.append(rcpt.config)
                     continue
-                w = [state.ratchet_key, state.next_sequence, state.last_rotation, state.encryption_key, None]
+                w = [state, [], [], None, target]
                 work[qid] = w
             if qid in seen:
                 continue
             seen.add(qid)
+            target = w[4]
             if target.blocklist and blocklist_hash(target.blocklist_salt, group_id) in target.blocklist:
                 continue
-            seq = w[1]
-            if now - w[2] >= self._interval:
-                old = QueueState(w[3], w[0], seq, w[2])
-                rotated, update = rotate(self._cs, old, now, random=self._random)
-                self._rows.append((qid, seq, int(update.item_type), update.kem_output, update.ciphertext))
-                seq = rotated.next_sequence
-                w[0], w[2] = rotated.ratchet_key, now
-            ct, w[0] = step(w[0], seq, payload)
-            w[1] = seq + 1
-            w[4] = u
-            messages.append((qid, seq, ct))
+            w[1].append(payload)
+            w[2].append(now)
+            w[3] = u
 
     def finish(self) -> BatchPlan:
-        """The advances, the items, the configs without a queue and the deliveries."""
+        """Encrypt; the advances, the items, the configs without a queue and the deliveries."""
+        chain = chainer(self._cs)
+        interval = self._interval
         advances: list[Advance] = []
+        messages: list[MessageRow] = []
+        rows: list[ItemRow] = []
         delivered = []
-        targets = self._targets
-        for qid, w in self._work.items():
-            u = w[4]
+        for qid, (state, payloads, times, u, target) in self._work.items():
             if u is None:
-                continue  # blocked or named only after a missing record: unchanged
-            advances.append((qid, w[0], w[1], w[2]))
+                continue  # only blocked messages: unchanged
+            rk, seq, last = state.ratchet_key, state.next_sequence, state.last_rotation
+            i, n = 0, len(payloads)
+            while i < n:
+                if times[i] - last >= interval:
+                    before = QueueState(state.encryption_key, rk, seq, last)
+                    rotated, update = rotate(self._cs, before, times[i], random=self._random)
+                    rows.append((qid, seq, int(update.item_type), update.kem_output, update.ciphertext))
+                    rk, seq, last = rotated.ratchet_key, rotated.next_sequence, rotated.last_rotation
+                # The run of messages up to the next one whose time makes a key update due.
+                j = i + 1
+                while j < n and times[j] - last < interval:
+                    j += 1
+                cts, rk = chain(rk, seq, payloads[i:j] if i or j < n else payloads)
+                messages += zip(repeat(qid), range(seq, seq + j - i), cts, strict=False)
+                seq += j - i
+                i = j
+            advances.append((qid, rk, seq, last))
             delivered.append(
-                Delivery(qid, w[1], u.queue_config.option_push_token_key, targets[qid].encrypted_push_token)
+                Delivery(qid, seq, u.queue_config.option_push_token_key, target.encrypted_push_token)
             )
-        return BatchPlan(advances, self._messages, self._rows, self._deleted, delivered)
+        return BatchPlan(advances, messages, rows, self._deleted, delivered)
 
 
 def plan_batch(
