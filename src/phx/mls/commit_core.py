@@ -294,7 +294,7 @@ def apply_commit_path(
     leaf = path.leaf_node
     removed_old: RemovedMember | None = None
     if app.is_external:
-        index = _leftmost_free_leaf(tree)
+        index = tree.leftmost_blank_leaf()
         replaces = None
         if app.removed:
             removed_old = app.removed[0]
@@ -354,14 +354,6 @@ def apply_commit_path(
             raise InvalidUpdatePath(str(e)) from e
     app.committer_leaf = index
     app.path_applied = True
-
-
-def _leftmost_free_leaf(tree: RatchetTree) -> int:
-    """Where :meth:`RatchetTree.free_leaf` will put an external joiner (without extending yet)."""
-    for i in range(tree.n_leaves):
-        if tree.leaf(i) is None:
-            return i
-    return tree.n_leaves
 
 
 # --- one call ----------------------------------------------------------------------------------------
