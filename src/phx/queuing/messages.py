@@ -64,7 +64,6 @@ __all__ = [
     "QsClientRequest",
     "QsQueueUpdate",
     "QsSenderId",
-    "QsToQsMessage",
     "QueueConfig",
     "QueueConfigEncryptionKeyResponse",
     "QueueDeleted",
@@ -376,16 +375,6 @@ class QueueDeleted(Struct):
 @dataclass(frozen=True, slots=True)
 class LocalEnqueueResponse(Struct):
     queue_deleted: tuple[QueueDeleted, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class QsToQsMessage(Struct):
-    """The federated frame (book: "Federated QS-to-QS communication"); signed by the federation layer."""
-
-    source: Fqdn
-    destination: Fqdn
-    payload: FanOutMessage
-    signature: Annotated[bytes, MaxLen(128)]
 
 
 def blocklist_hash(salt: bytes, group_id: GroupId, *, cs: CipherSuite = SUITE_1) -> bytes:
