@@ -101,36 +101,26 @@ class SqliteConnection(Connection):
             self._state = "failed"
             raise
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        async def run() -> int:
-            cur = await self._conn.execute(translate_placeholders(sql), args)
-            try:
-                return max(cur.rowcount, 0)
-            finally:
-                await cur.close()
+    # Each statement is one trip to aiosqlite's thread: the whole step (execute, fetch, close the cursor)
+    # runs there as one function, instead of one trip per cursor call.
 
-        return await self._guard(run)
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self._guard(lambda: self._call(_execute, translate_placeholders(sql), args))
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
-        async def run() -> None:
-            cur = await self._conn.executemany(translate_placeholders(sql), args)
-            await cur.close()
-
-        await self._guard(run)
+        await self._guard(lambda: self._call(_executemany, translate_placeholders(sql), list(args)))
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        rows = await self._guard(lambda: self._conn.execute_fetchall(translate_placeholders(sql), args))
-        return cast(list[Row], list(rows))
+        return await self._guard(lambda: self._call(_fetch, translate_placeholders(sql), args))
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async def run() -> Row | None:
-            cur = await self._conn.execute(translate_placeholders(sql), args)
-            try:
-                return cast(Row | None, await cur.fetchone())
-            finally:
-                await cur.close()
+        return await self._guard(lambda: self._call(_fetchrow, translate_placeholders(sql), args))
 
-        return await self._guard(run)
+    def _call(self, fn: Callable[[sqlite3.Connection, str, Any], _T], sql: str, args: Any) -> Awaitable[_T]:
+        # aiosqlite's own queue (FIFO with every other operation on the connection, which _rollback
+        # relies on); the function gets the sqlite3 connection on the worker thread.
+        raw: Any = self._conn
+        return cast(Awaitable[_T], raw._execute(fn, raw._conn, sql, args))
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
@@ -273,6 +263,34 @@ class SqliteDatabase(Database):
             # Take the lock so a running write transaction finishes before the connection goes away.
             async with self._write_lock:
                 await self._writer.close()
+
+
+def _execute(raw: sqlite3.Connection, sql: str, args: Any) -> int:
+    cur = raw.execute(sql, args)
+    try:
+        return max(cur.rowcount, 0)
+    finally:
+        cur.close()
+
+
+def _executemany(raw: sqlite3.Connection, sql: str, args: Any) -> None:
+    raw.executemany(sql, args).close()
+
+
+def _fetch(raw: sqlite3.Connection, sql: str, args: Any) -> list[Row]:
+    cur = raw.execute(sql, args)
+    try:
+        return cast(list[Row], cur.fetchall())
+    finally:
+        cur.close()
+
+
+def _fetchrow(raw: sqlite3.Connection, sql: str, args: Any) -> Row | None:
+    cur = raw.execute(sql, args)
+    try:
+        return cast(Row | None, cur.fetchone())
+    finally:
+        cur.close()
 
 
 def _probe(path: str) -> None:
