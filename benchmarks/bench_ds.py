@@ -258,6 +258,36 @@ async def timed(
 CPU = [0.0]
 
 
+async def timed_concurrent(
+    b: Bench,
+    count: int,
+    concurrency: int,
+    before: Callable[[], None] | None = None,
+    profile: cProfile.Profile | None = None,
+) -> float:
+    """Wall time per application message of ``count`` messages sent by ``concurrency`` tasks at once (as
+    many clients of one group would; the requests are built first). ``CPU`` gets the process CPU time per
+    message of the whole run."""
+    requests = [b.request(Operation.SEND_MESSAGE, b.app_params()) for _ in range(count)]
+    pending = iter(requests)
+    if before is not None:
+        before()
+
+    async def worker() -> None:
+        for r in pending:
+            await b.ds.handle(r.op, r.body)
+
+    if profile is not None:
+        profile.enable()
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if profile is not None:
+        profile.disable()
+    CPU[0] = cpu / count
+    return wall / count
+
+
 def report(name: str, seconds: float, goal: float | None = None) -> None:
     """One line: the median wall time, the median CPU time of the same calls, the goal if any."""
     verdict = ""
@@ -275,7 +305,9 @@ def show(prof: cProfile.Profile | None) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
-async def bench_size(db: Database, n: int, repeat: int, commits: int, profile: str | None) -> None:
+async def bench_size(
+    db: Database, n: int, repeat: int, commits: int, profile: str | None, concurrency: int
+) -> None:
     clock = Clock()
     qs = await QsService.open(db, QsConfig(), DOMAIN, clock=clock, redeemer=AcceptAll())
     qs_sink = LocalQsSink(qs)
@@ -314,6 +346,14 @@ async def bench_size(db: Database, n: int, repeat: int, commits: int, profile: s
     report(f"application message, {n} members (DS + in-process QS)", t)
     t = await timed(b, max(5, repeat // 10), app, b.app_params, uncached)
     report(f"application message, {n} members (DS, state not cached)", t)
+    if concurrency > 1:
+        for label, sink in (("DS", to_null), ("DS + in-process QS", to_qs)):
+            await timed_concurrent(b, concurrency, concurrency, sink)  # warm up
+            name = f"capp{n}" if sink is to_null else f"cappqs{n}"
+            prof = profiler(profile, name)
+            t = await timed_concurrent(b, repeat, concurrency, sink, profile=prof)
+            show(prof)
+            report(f"application message, {n} members, {concurrency} at once ({label}), per message", t)
     if n < 100:
         return
     for label, sink in (("DS", to_null), ("DS + in-process QS", to_qs)):
@@ -327,13 +367,15 @@ async def bench_size(db: Database, n: int, repeat: int, commits: int, profile: s
         report(f"update commit, {n} members ({label})", t)
 
 
-async def run_engine(url: str, sizes: list[int], repeat: int, commits: int, profile: str | None) -> None:
+async def run_engine(
+    url: str, sizes: list[int], repeat: int, commits: int, profile: str | None, concurrency: int
+) -> None:
     db = await open_database(url)
     try:
         for service in ("qs", "ds"):
             await migrate(db, service)
         for n in sizes:
-            await bench_size(db, n, repeat, commits, profile)
+            await bench_size(db, n, repeat, commits, profile, concurrency)
     finally:
         await db.close()
 
@@ -344,14 +386,24 @@ async def main() -> None:
     ap.add_argument("--commits", type=int, default=10, help="commits per kind and size")
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--engines", default="sqlite")
-    ap.add_argument("--profile", default=None, help="cProfile one measurement: app<N> or update<N>")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="cProfile one measurement: app<N>, capp<N> / cappqs<N> (concurrent, DS / DS + QS), add<N> or "
+        "update<N>",
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=64, help="also send application messages this many at once"
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     for engine in args.engines.split(","):
         print(f"DS on {engine}:", flush=True)
         if engine == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
-                await run_engine(f"sqlite://{tmp}/ds.db", sizes, args.repeat, args.commits, args.profile)
+                await run_engine(
+                    f"sqlite://{tmp}/ds.db", sizes, args.repeat, args.commits, args.profile, args.concurrency
+                )
         else:
             base = os.environ.get("PHX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
             schema = f"bench_{secrets.token_hex(4)}"
@@ -360,7 +412,12 @@ async def main() -> None:
             try:
                 sep = "&" if "?" in base else "?"
                 await run_engine(
-                    f"{base}{sep}search_path={schema}", sizes, args.repeat, args.commits, args.profile
+                    f"{base}{sep}search_path={schema}",
+                    sizes,
+                    args.repeat,
+                    args.commits,
+                    args.profile,
+                    args.concurrency,
                 )
             finally:
                 await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -13,7 +13,9 @@ from typing import Protocol
 import httpx
 
 from phx.errors import DecodeError, Unavailable
+from phx.queuing.fanout import FanOutDeliverer
 from phx.queuing.messages import FanOutMessage, LocalEnqueueResponse, QueueDeleted
+from phx.storage import Database
 
 __all__ = ["FanOutSink", "HttpQsSink", "LocalQs", "LocalQsSink", "LOCAL_ENQUEUE_PATH"]
 
@@ -42,6 +44,12 @@ class LocalQsSink:
 
     async def fan_out(self, message: FanOutMessage, now: int) -> list[QueueDeleted]:
         return await self.qs.enqueue_fan_out(message)
+
+    def shared_deliverer(self, db: Database) -> FanOutDeliverer | None:
+        """The QS's fan-out deliverer if it writes to ``db``: the DS may then deliver application messages
+        in the QS's transactions, with a guard on its own rows (:mod:`phx.delivery.express`)."""
+        deliverer = getattr(self.qs, "fan_out", None)
+        return deliverer if isinstance(deliverer, FanOutDeliverer) and deliverer.db is db else None
 
 
 class HttpQsSink:

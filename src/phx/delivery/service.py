@@ -15,7 +15,10 @@ One request on a group, step by step (:meth:`DsService.handle`):
 
 Application messages change no state: they are handed to the QS directly (after any pending outbox
 entries) and a failure is the client's 503. A per-group asyncio lock keeps requests on one group in
-order within the process (transaction and hand-over), so fan-outs leave in commit order.
+order within the process (transaction and hand-over), so fan-outs leave in commit order. With the QS in
+process and the group's state cached, an application message skips all of step 2: it is checked against
+the cached state and delivered in the QS's shared transactions under a guard on the group's row
+(:mod:`.express`).
 
 Collaborators are passed in: ``sink`` (:class:`~.fanout.FanOutSink`), ``redeemer`` (Privacy Pass,
 :class:`TokenRedeemer`), ``clock`` (unix seconds).
@@ -48,12 +51,14 @@ from phx.errors import (
 )
 from phx.identifiers import Fqdn, GroupId
 from phx.privacypass import TokenClass
+from phx.queuing.fanout import GuardFailed
 from phx.queuing.messages import FanOutMessage, QueueDeleted
 from phx.storage import Connection, Database
 
 from . import core, operations
 from .core import DsContext, Outputs
-from .fanout import FanOutSink
+from .express import GroupGuard
+from .fanout import FanOutSink, LocalQsSink
 from .messages import (
     AddUsersParams,
     CreateGroupParams,
@@ -148,6 +153,14 @@ class _Cache:
         state, digest, _ = item
         return (state, digest) if state.version == version else None
 
+    def peek(self, key: bytes) -> tuple[GroupState, bytes] | None:
+        """The entry without taking it out (for a read-only use that does not await)."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0], item[1]
+
     def put(self, key: bytes, state: GroupState, digest: bytes) -> None:
         self.drop(key)
         state.ear_key = None
@@ -232,6 +245,7 @@ class DsService:
         self.padding = PaddingTarget(config.padding_percentile, padding_target)
         self.cache = _Cache(cache_bytes)
         self._locks = _GroupLocks()
+        self._guard = GroupGuard(self.store)
         self._task: asyncio.Task[None] | None = None
         self._ops: dict[Operation, _Op] = {
             Operation.UPDATE_QUEUE_INFO: _Op(
@@ -363,6 +377,8 @@ class DsService:
             return b""
         spec = self._ops[op]
         params = spec.params.decode(request.params)
+        if isinstance(params, SendMessageParams) and await self._send_unlocked(request, params, now):
+            return b""
         out = await self._group_request(op, spec, spec.group_id(params), request, params, now)
         return b"" if out.response is None else out.response.encode()
 
@@ -401,6 +417,48 @@ class DsService:
             )
         state.saved(1)
         self.cache.put(key, state, _ear_digest(params.initial_ear_key))
+
+    # --- application messages without the group lock (.express) --------------------------------------
+
+    async def _send_unlocked(self, request: DsRequest, params: SendMessageParams, now: int) -> bool:
+        """Check and deliver an application message against the cached state, in the QS's shared
+        transaction under :attr:`_guard`. False: nothing was delivered, take the locked path (no QS in
+        this process, state not cached, anything refused or changed since)."""
+        sink = self.sink
+        deliverer = sink.shared_deliverer(self.db) if isinstance(sink, LocalQsSink) else None
+        if deliverer is None:
+            return False
+        gid = operations.group_id_of_message(params.application_message)
+        key = gid.encode()
+        cached = self.cache.peek(key)
+        if cached is None:
+            return False
+        state, digest = cached
+        if not hmac.compare_digest(digest, _ear_digest(params.group_state_ear_key)):
+            return False
+        if core.needs_maintenance(state, self.ctx, now, 0):
+            return False
+        try:
+            sid = core.authenticate(state, request, Operation.SEND_MESSAGE.value, self.ctx, now)
+            out = operations.send_message(state, _leaf(sid), params)
+        except PhxError:
+            # The cached state may be behind the row: the locked path answers for the current one.
+            return False
+        qs_now = deliverer.clock()
+        prepared = [deliverer.prepare(m, qs_now) for m in out.fan_outs]
+        try:
+            results = await deliverer.deliver_prepared(
+                prepared, guard=self._guard, key=(key, state.version), order=key
+            )
+        except GuardFailed:
+            return False
+        except Exception as e:
+            log.warning("fan-out for %s failed: %s", gid, e)
+            raise Unavailable("the local QS did not take the message") from e
+        deleted = [d for r in results for d in r]
+        if deleted:
+            await self.queue_deleted(deleted)
+        return True
 
     # --- requests on a group -------------------------------------------------------------------------
 

@@ -96,6 +96,28 @@ class DsStore:
             return None
         return GroupRow(int(r[0]), bytes(r[1]), int(r[2]), bool(r[3]), bool(r[4]))
 
+    async def share_groups(
+        self, conn: Connection, group_ids: Sequence[bytes]
+    ) -> dict[bytes, tuple[int, bool]]:
+        """For each existing group of ``group_ids``: its version and whether it has neither an outbox nor
+        deleted-queue reports, its row share-locked for the rest of the transaction on PostgreSQL (a
+        request that changes the group waits for it; SQLite's single writer excludes that anyway)."""
+        sql = (
+            "SELECT g.group_id, g.version, "
+            "EXISTS (SELECT 1 FROM ds_deleted_queues d WHERE d.group_id = g.group_id) "
+            "OR EXISTS (SELECT 1 FROM ds_outbox o WHERE o.group_id = g.group_id) "
+            "FROM ds_groups g WHERE g.group_id "
+        )
+        if conn.engine == "postgres":
+            sql += "= ANY($1::bytea[]) AND g.roster IS NOT NULL FOR SHARE OF g"
+            args: list[object] = [list(group_ids)]
+        else:
+            sql += "IN (" + ", ".join(f"${i}" for i in range(1, len(group_ids) + 1)) + ") "
+            sql += "AND g.roster IS NOT NULL"
+            args = list(group_ids)
+        rows = await conn.fetch(sql, *args)
+        return {bytes(r[0]): (int(r[1]), not r[2]) for r in rows}
+
     async def load(self, conn: Connection, group_id: bytes, *, cold: bool) -> StoredBlobs:
         if cold:
             r = await conn.fetchrow("SELECT roster, cold FROM ds_groups WHERE group_id = $1", group_id)

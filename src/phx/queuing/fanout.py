@@ -7,6 +7,12 @@ state updates and one of inserts, one commit (one fsync on SQLite) for all of th
 split across transactions, so "all deliveries of one fan-out are one transaction" holds. If a shared
 transaction fails, each of its fan-outs is retried alone, so one fan-out's failure (say, a remote
 recipient without federation) never fails another's.
+
+A caller that checks its own rows may pass a :class:`Guard` (:meth:`FanOutDeliverer.deliver_prepared`):
+it runs in the batch's transaction before anything is written, once per batch for all its keys, and a
+fan-out whose key no longer holds fails with :class:`GuardFailed` having written nothing. Fan-outs with an
+``order`` key (the DS uses the group) are never in two transactions in flight at once (PostgreSQL runs
+two), so they commit in the order they were submitted.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +50,8 @@ __all__ = [
     "EnqueueResult",
     "FanOutDeliverer",
     "FederationUnavailable",
+    "Guard",
+    "GuardFailed",
     "PreparedFanOut",
     "RemoteForwarder",
 ]
@@ -68,6 +76,19 @@ class RemoteForwarder(Protocol):
         transaction ``conn`` (so an outbox row commits with the local deliveries, or not at all). A
         ``QueueDeleted`` from the remote QS reaches the DS asynchronously, through federation."""
         ...
+
+
+class Guard(Protocol):
+    async def hold(self, conn: Connection, keys: Collection[Hashable]) -> Collection[Hashable]:
+        """Inside a batch's transaction, before anything is delivered: which of ``keys`` (those of the
+        batch's fan-outs guarded by this guard, each once) still hold. The others fail with
+        :class:`GuardFailed`."""
+        ...
+
+
+class GuardFailed(Exception):
+    """The fan-out's guard did not hold in its transaction: nothing of it was delivered. An internal
+    signal to the caller (who retries its own way), not an error of any peer."""
 
 
 class FederationUnavailable:
@@ -98,8 +119,11 @@ class EnqueueResult:
 
 @dataclass(slots=True)
 class _Job:
-    prepared: PreparedFanOut
-    future: asyncio.Future[list[QueueDeleted]]
+    prepared: Sequence[PreparedFanOut]
+    future: asyncio.Future[list[list[QueueDeleted]]]
+    guard: Guard | None = None
+    key: Hashable = None
+    order: Hashable = None
 
 
 class FanOutDeliverer:
@@ -141,6 +165,8 @@ class FanOutDeliverer:
         # execute one batch while this process encrypts the next.
         self._max_drainers = 1 if db.engine == "sqlite" else max(1, parallel)
         self._drainers: set[asyncio.Task[None]] = set()
+        # Order keys of the fan-outs in transactions now running.
+        self._running: set[Hashable] = set()
 
     def unseal(self, config: ClientQueueConfig) -> core.Unsealed | None:
         """What a sealed config addressed to this QS holds, None if it does not open (cached)."""
@@ -190,9 +216,21 @@ class FanOutDeliverer:
 
     async def deliver(self, fan_out: FanOutMessage) -> list[QueueDeleted]:
         """Deliver one fan-out; returns the configs whose queue does not exist (``QueueDeleted``)."""
-        prepared = self.prepare(fan_out, self.clock())
-        future: asyncio.Future[list[QueueDeleted]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(prepared, future))
+        return (await self.deliver_prepared((self.prepare(fan_out, self.clock()),)))[0]
+
+    async def deliver_prepared(
+        self,
+        prepared: Sequence[PreparedFanOut],
+        *,
+        guard: Guard | None = None,
+        key: Hashable = None,
+        order: Hashable = None,
+    ) -> list[list[QueueDeleted]]:
+        """Deliver prepared fan-outs, all in one transaction (shared with other callers' fan-outs) after
+        ``guard`` said ``key`` holds in it (else :class:`GuardFailed`, nothing delivered); returns each
+        fan-out's ``QueueDeleted`` configs. Fan-outs with the same ``order`` commit in submission order."""
+        future: asyncio.Future[list[list[QueueDeleted]]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(prepared, future, guard, key, order))
         # A finished drainer leaves the set only in a later loop step (done callbacks are scheduled), so
         # count the live ones: a job must never wait behind a drainer that has already returned.
         live = [t for t in self._drainers if not t.done()]
@@ -202,32 +240,67 @@ class FanOutDeliverer:
             task.add_done_callback(self._drainers.discard)
         return await future
 
+    def _take_batch(self) -> list[_Job]:
+        """The next batch: pending jobs in order, up to the batch size, skipping (with every later job of
+        the same order key) those whose order key is in a running transaction."""
+        jobs: list[_Job] = []
+        rest: list[_Job] = []
+        blocked: set[Hashable] = set()
+        running = self._running
+        size = 0
+        for job in self._pending:
+            if job.future.done():
+                continue
+            order = job.order
+            if size >= self._batch or (order is not None and (order in running or order in blocked)):
+                rest.append(job)
+                if order is not None:
+                    blocked.add(order)
+                continue
+            jobs.append(job)
+            size += len(job.prepared)
+        self._pending = rest
+        return jobs
+
     async def _drain(self) -> None:
         try:
             while self._pending:
                 # Let the callers whose fan-outs just committed submit their next ones first: bigger
                 # batches share one commit (fsync) and one round of statements.
                 await asyncio.sleep(0)
-                jobs = [j for j in self._pending[: self._batch] if not j.future.done()]
-                del self._pending[: self._batch]
+                jobs = self._take_batch()
                 if not jobs:
+                    if self._pending:
+                        # Every pending job waits for a running transaction, whose drainer goes on with
+                        # them when it is done.
+                        return
                     continue
+                orders = {j.order for j in jobs if j.order is not None}
+                self._running |= orders
                 try:
-                    await self._run(jobs)
-                except Exception as e:
-                    if len(jobs) == 1:
-                        _fail(jobs[0], e)
-                        continue
-                    for job in jobs:
-                        try:
-                            await self._run([job])
-                        except Exception as e1:
-                            _fail(job, e1)
+                    await self._run_or_split(jobs)
+                finally:
+                    self._running -= orders
         except BaseException:
             for job in self._pending:
                 job.future.cancel()
             self._pending.clear()
             raise
+
+    async def _run_or_split(self, jobs: list[_Job]) -> None:
+        try:
+            await self._run(jobs)
+        except Exception as e:
+            if len(jobs) == 1:
+                _fail(jobs[0], e)
+                return
+            for job in jobs:
+                if job.future.done():
+                    continue
+                try:
+                    await self._run([job])
+                except Exception as e1:
+                    _fail(job, e1)
 
     def prepare(self, fan_out: FanOutMessage, now: int) -> PreparedFanOut:
         """The work a fan-out needs before any transaction: group id, unsealed configs, payload."""
@@ -289,11 +362,34 @@ class FanOutDeliverer:
 
     async def _run(self, jobs: list[_Job]) -> None:
         async with self.db.transaction() as conn:
-            result = await self.enqueue_in(conn, [j.prepared for j in jobs])
-        for job, deleted in zip(jobs, result.deleted, strict=True):
+            jobs = await self._check_guards(conn, jobs)
+            if not jobs:
+                return
+            result = await self.enqueue_in(conn, [p for j in jobs for p in j.prepared])
+        deleted = iter(result.deleted)
+        for job in jobs:
+            mine = [next(deleted) for _ in job.prepared]
             if not job.future.done():
-                job.future.set_result(deleted)
+                job.future.set_result(mine)
         await self.after_commit(result.deliveries)
+
+    @staticmethod
+    async def _check_guards(conn: Connection, jobs: list[_Job]) -> list[_Job]:
+        """The jobs whose guard holds (or that have none); the others fail with :class:`GuardFailed`."""
+        by_guard: dict[Guard, set[Hashable]] = {}
+        for j in jobs:
+            if j.guard is not None:
+                by_guard.setdefault(j.guard, set()).add(j.key)
+        if not by_guard:
+            return jobs
+        holding = {g: set(await g.hold(conn, keys)) for g, keys in by_guard.items()}
+        kept = []
+        for j in jobs:
+            if j.guard is None or j.key in holding[j.guard]:
+                kept.append(j)
+            elif not j.future.done():
+                j.future.set_exception(GuardFailed())
+        return kept
 
     async def _after_delivery(self, d: core.Delivery) -> None:
         qid = d.queue_id
