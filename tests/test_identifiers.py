@@ -280,3 +280,32 @@ def test_round_trips(domain: Fqdn, u1: uuid.UUID, u2: uuid.UUID, u3: uuid.UUID) 
     assert GroupId.parse(str(g)) == g
     cid = QsCid(QsUid(u1), u2)
     assert QsCid.parse(str(cid)) == cid
+
+
+# --- the validation caches ------------------------------------------------------------------------------
+
+
+def test_cached_names_do_not_admit_other_spellings() -> None:
+    # "a.test" is validated and cached; its uppercase spelling is a different string and different bytes.
+    assert Fqdn.decode(opaque(b"a.test")) == A
+    assert Fqdn.decode(opaque(b"a.test")) is Fqdn.decode(opaque(b"a.test"))
+    for _ in range(2):  # refused every time: only valid names are remembered
+        with pytest.raises(DecodeError):
+            Fqdn.decode(opaque(b"A.test"))
+        with pytest.raises(ValidationError):
+            Fqdn("A.test")
+        with pytest.raises(DecodeError):
+            Fqdn.decode(opaque(b"a..test"))
+
+
+def test_validation_caches_stay_bounded() -> None:
+    from phx import identifiers
+
+    for i in range(identifiers._CACHE_LIMIT + 10):
+        Fqdn.decode(opaque(f"n{i}.test".encode()))
+    assert 0 < len(identifiers._VALID_NAMES) <= identifiers._CACHE_LIMIT
+    assert 0 < len(identifiers._DECODED) <= identifiers._CACHE_LIMIT
+    # A name that fell out of the caches is checked again, with the same answer.
+    assert Fqdn.decode(opaque(b"n0.test")) == Fqdn("n0.test")
+    with pytest.raises(ValidationError):
+        Fqdn("n0.test-")

@@ -227,17 +227,33 @@ class Reader:
         return self.uint(U64)
 
     def length(self) -> int:
-        n, pos = decode_varint(self.data, self.pos, self.end)
+        data, pos, end = self.data, self.pos, self.end
+        if pos < end and data[pos] < 0x40:  # one-octet header: most vectors
+            n = data[pos]
+            pos += 1
+        else:
+            n, pos = decode_varint(data, pos, end)
         self.pos = pos
-        if n > self.end - self.pos:
+        if n > end - pos:
             raise DecodeError(f"vector of {n} bytes runs past its buffer")
         return n
 
     def opaque(self, limit: int | None = None) -> bytes:
-        n = self.length()
+        # length() and take() inlined: this is the codec's hottest path.
+        data, pos, end = self.data, self.pos, self.end
+        if pos < end and data[pos] < 0x40:
+            n = data[pos]
+            pos += 1
+        else:
+            n, pos = decode_varint(data, pos, end)
+        if n > end - pos:
+            self.pos = pos
+            raise DecodeError(f"vector of {n} bytes runs past its buffer")
         if limit is not None and n > limit:
+            self.pos = pos
             raise DecodeError(f"vector of {n} bytes exceeds its limit of {limit}")
-        return self.take(n)
+        self.pos = pos + n
+        return bytes(data[pos : pos + n])
 
     def vector(self, read_item: Callable[[Reader], Any], limit: int | None = None) -> tuple[Any, ...]:
         n = self.length()

@@ -54,8 +54,27 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+#: Names that passed :func:`_domain_problem` (a busy homeserver decodes the same few domains in every
+#: frame and identifier). Bounded: a peer sending many distinct names only empties it now and then.
+_VALID_NAMES: set[str] = set()
+#: Decoded :class:`Fqdn` values by their wire bytes (frozen, so one instance can be shared).
+_DECODED: dict[bytes, Fqdn] = {}
+_CACHE_LIMIT = 4096
+
+
 def _domain_problem(name: str) -> str | None:
     """Why ``name`` is not a canonical homeserver/host domain, or None when it is."""
+    if name in _VALID_NAMES:
+        return None
+    problem = _check_domain(name)
+    if problem is None:
+        if len(_VALID_NAMES) >= _CACHE_LIMIT:
+            _VALID_NAMES.clear()
+        _VALID_NAMES.add(name)
+    return problem
+
+
+def _check_domain(name: str) -> str | None:
     if not name:
         return "domain name is empty"
     if len(name) > MAX_DOMAIN_LENGTH:
@@ -129,6 +148,9 @@ class Fqdn(Struct):
     @classmethod
     def _read(cls, r: Reader) -> Self:
         raw = r.opaque(MAX_DOMAIN_LENGTH)
+        known = _DECODED.get(raw)
+        if known is not None and cls is Fqdn:
+            return known  # type: ignore[return-value]
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -138,7 +160,12 @@ class Fqdn(Struct):
             # Decoding is strict: a non-canonical spelling (say, uppercase) is not silently folded,
             # since two encodings of one name would break identity comparisons.
             raise DecodeError(problem)
-        return cls(text)
+        value = cls(text)
+        if cls is Fqdn:
+            if len(_DECODED) >= _CACHE_LIMIT:
+                _DECODED.clear()
+            _DECODED[raw] = value
+        return value
 
     def service(self, service: Service) -> Fqdn:
         """The host name of one of this homeserver's services (``as.<domain>`` etc.)."""
