@@ -1,0 +1,152 @@
+"""Application messages on the unlocked path (phx.delivery.express): checked against the cached state,
+delivered in the QS's shared transactions under a guard on the group's row, else the locked path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from phx.delivery.fanout import LocalQsSink
+from phx.delivery.messages import Operation, SendMessageParams
+from phx.delivery.service import DsService
+from phx.delivery.store import GroupRow
+from phx.errors import WrongEpoch
+from phx.mls.messages import MLSMessage
+from phx.queuing.fanout import EnqueueResult, PreparedFanOut
+from phx.queuing.messages import MessageContentType
+from phx.queuing.service import QsService
+from phx.storage import Connection, Database
+from tests.delivery.helpers import DOMAIN, Client, Harness
+from tests.queuing import helpers as qs_helpers
+
+
+async def members(db: Database, n: int) -> tuple[Harness, QsService, list[Client], list[qs_helpers.Client]]:
+    """A group of ``n`` clients, each with a real queue on the in-process QS."""
+    qs = await qs_helpers.make_service(db)
+    h = await Harness.start(db)
+    h.service.sink = LocalQsSink(qs)
+    queues = [await qs_helpers.register(qs) for _ in range(n)]
+    clients = [Client.new(f"c{i}", q.queue_config()) for i, q in enumerate(queues)]
+    await h.create(clients[0])
+    await h.add(clients[0], *([c] for c in clients[1:]))
+    return h, qs, clients, queues
+
+
+def ciphertext(message: MLSMessage) -> bytes:
+    assert message.private_message is not None
+    return message.private_message.ciphertext
+
+
+def texts(payloads: Sequence[object]) -> list[bytes]:
+    """The application messages' ciphertexts, in queue order."""
+    out = []
+    for p in payloads:
+        content = p.content  # type: ignore[attr-defined]
+        if content.content_type == MessageContentType.APPLICATION:
+            assert isinstance(content.body, MLSMessage) and content.body.private_message is not None
+            out.append(content.body.private_message.ciphertext)
+    return out
+
+
+def count_locks(service: DsService) -> list[bytes]:
+    calls: list[bytes] = []
+    real = service.store.lock_group
+
+    async def spy(conn: Connection, group_id: bytes) -> GroupRow | None:
+        calls.append(group_id)
+        return await real(conn, group_id)
+
+    service.store.lock_group = spy  # type: ignore[method-assign]
+    return calls
+
+
+async def send(h: Harness, client: Client, text: bytes) -> MLSMessage:
+    msg = client.g.send(text)
+    await h.as_member(Operation.SEND_MESSAGE, SendMessageParams(msg, h.ear_key), client)
+    return msg
+
+
+async def test_concurrent_application_messages_skip_the_group_lock(db: Database) -> None:
+    h, qs, clients, queues = await members(db, 4)
+    locks = count_locks(h.service)
+    msgs = [(c, c.g.send(b"%d" % i)) for i in range(10) for c in clients]
+    await asyncio.gather(
+        *(h.as_member(Operation.SEND_MESSAGE, SendMessageParams(m, h.ear_key), c) for c, m in msgs)
+    )
+    assert locks == []
+    for c, q in zip(clients, queues, strict=True):
+        got = texts(await q.read_queue())
+        assert sorted(got) == sorted(ciphertext(m) for s, m in msgs if s is not c)
+        # each sender's messages arrive in the order it sent them
+        for s in clients:
+            mine = [ciphertext(m) for x, m in msgs if x is s]
+            assert [t for t in got if t in mine] == ([] if s is c else mine)
+        items = await qs.queue_items(q.cid)
+        assert [i.sequence_number for i in items] == list(range(len(items)))
+
+
+async def test_a_state_changed_elsewhere_takes_the_locked_path(db: Database) -> None:
+    """Another DS instance commits: this instance's cached state is behind, its message for the old epoch is
+    refused (the guard sees the row's new version), nothing is delivered."""
+    h, qs, (alice, bob), (_, q_bob) = await members(db, 2)
+    before = await send(h, alice, b"before")
+    main = h.service
+    other = await DsService.open(db, main.config, DOMAIN, sink=main.sink, redeemer=h.redeemer, clock=h.clock)
+    h.service = other
+    await h.update(bob)  # alice has not processed it: her next message is for the old epoch
+    h.service = main
+    locks = count_locks(main)
+    stale = alice.g.send(b"stale")
+    try:
+        await h.as_member(Operation.SEND_MESSAGE, SendMessageParams(stale, h.ear_key), alice)
+        raise AssertionError("a message for the old epoch was accepted")
+    except WrongEpoch:
+        pass
+    assert len(locks) == 1
+    assert texts(await q_bob.read_queue()) == [ciphertext(before)]
+
+
+async def test_a_pending_outbox_is_delivered_first(db: Database) -> None:
+    """A commit whose hand-over to the QS failed waits in the DS outbox: the next application message must
+    not overtake it."""
+    h, qs, (alice, bob), (_, q_bob) = await members(db, 2)
+    d = qs.fan_out
+    real = d.enqueue_in
+    fail = [True]
+
+    async def flaky(conn: Connection, fan_outs: Sequence[PreparedFanOut]) -> EnqueueResult:
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("QS down")
+        return await real(conn, fan_outs)
+
+    d.enqueue_in = flaky  # type: ignore[method-assign]
+    await h.update(alice, [bob])  # accepted; its fan-out stays in the outbox
+    async with db.transaction() as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM ds_outbox") == 1
+    await send(h, alice, b"after the commit")
+    kinds = [p.content.content_type for p in await q_bob.read_queue()]
+    assert kinds == [
+        MessageContentType.WELCOME_BUNDLE,
+        MessageContentType.COMMIT,
+        MessageContentType.APPLICATION,
+    ]
+
+
+async def test_deleted_queues_reported_on_the_unlocked_path_become_removals(db: Database) -> None:
+    h, qs, (alice, bob, _), (q_alice, _, q_carol) = await members(db, 3)
+    async with db.transaction() as conn:
+        await conn.execute("DELETE FROM qs_client_records WHERE client_id = $1", q_carol.cid.client_id.bytes)
+    locks = count_locks(h.service)
+    await send(h, alice, b"one")
+    assert locks == []
+    async with db.transaction() as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM ds_deleted_queues") == 1
+    two = await send(h, bob, b"two")  # the locked path: the DS proposes carol's removal first
+    assert len(locks) == 1
+    payloads = await q_alice.read_queue()
+    assert [p.content.content_type for p in payloads][-2:] == [
+        MessageContentType.COMMIT,
+        MessageContentType.APPLICATION,
+    ]
+    assert texts(payloads)[-1] == ciphertext(two)
