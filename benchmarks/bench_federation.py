@@ -1,63 +1,84 @@
 """Federation benchmark: two homeservers on this machine, one group of 10 members split 5/5.
 
-    .venv/bin/python benchmarks/bench_federation.py [--messages N] [--window W] [--engine sqlite|postgres]
+    .venv/bin/python benchmarks/bench_federation.py [--entry ds|qs] [--messages N] [--window W]
+                                                    [--engine sqlite|postgres] [--rate R] [--profile]
 
-a.test runs in this process, b.test in a child process (each gets a core); they talk real HTTPS on
-loopback with a throw-away CA. N application messages are fanned out through a.test's QS as the group's DS
-would (W fan-outs in flight; the QS keeps their submission order): each goes into a.test's 5 queues and, in
-the same transaction, into the outbox for b.test, whose sender signs it, batches it and posts it to b.test,
-which verifies it and enqueues it into its 5 queues.
+``--entry ds`` (the default) measures the whole federated path as clients use it. a.test and b.test each
+run ``phx serve``'s wiring (AS, DS, QS, federation; ``phx.server.wiring.build_homeserver``) in a process
+of their own, over real HTTPS with a throw-away CA. Ten clients of the phx.client library (5 registered at
+a.test, 5 at b.test) build a group hosted on ds.a.test through the real protocol (connections, create,
+invites, joins). Then, untimed, the five a.test members protect N (+20 warm-up) MLS application messages,
+get Privacy Pass tokens from as.a.test's issuance endpoint and sign their DS requests. Timed: a separate
+load-generator process sends them round robin to ds.a.test's ``send_message`` over five keep-alive TLS
+connections (one per sender, HTTP/1.1 pipelined, W requests in flight). For each, a.test's DS redeems the
+token, checks the DsAuthToken and hands the fan-out to its QS, which enqueues into the 4 other a.test
+members' queues and, in the same transaction, writes the outbox row for b.test; the DS answers 2xx
+("accepted"); a.test's sender signs, batches and posts it to b.test, which verifies it and enqueues it into
+its 5 queues ("enqueued everywhere": b.test's commit, which follows a.test's).
 
-Printed: accepted -> enqueued-everywhere throughput (first acceptance at a.test to the last commit at
-b.test), p50/p99 latency per message (acceptance at a.test to commit at b.test; both processes read the
-same system clock), and the crypto-only bound measured in the same run: per message one frame signature
-and verification, one Privacy Pass token redemption (the sender's DS request), and 10 queue encryptions.
-Rate limits are off (the defaults allow 5 messages/s per queue, which would be the figure measured).
+``--entry qs`` is the narrower benchmark: a.test runs only QS + federation in this process and N fan-outs
+(to all 10 queues) are handed straight to its QS as the DS would (W in flight), with the same b.test side.
+
+Printed: throughput from the first send to the last commit everywhere, p50/p99 latency per message (send
+to commit at b.test; every process reads the same system clock) and, for ``ds``, send to the DS's answer;
+the crypto-only bound measured in the same run — per message one frame signature and verification, one
+Privacy Pass token redemption and one queue encryption per queue copy (10 for ``qs``; 9 for ``ds``, the
+DS leaving out the sender's own queue) — as a rate on one core (the primary figure) and with each
+homeserver on its own core; CPU per message of each process (and of PostgreSQL's backends). After the
+run every queue is drained and decrypted as its client would: each must hold exactly its messages, in
+order, or the bench fails. Rate limits are off (the defaults allow 5 messages/s per queue, which would be
+the figure measured).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
-import secrets
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import asyncpg  # noqa: E402
-import trustme  # noqa: E402
-import uvicorn  # noqa: E402
+from _fed_common import (  # noqa: E402
+    CS,
+    MEMBERS,
+    Databases,
+    DeliveryError,
+    Figures,
+    Server,
+    TimedQueues,
+    check_queue,
+    crypto_bound,
+    fake_message,
+    print_profile,
+    private_ciphertext,
+    report,
+    write_certs,
+)
 
 from phx.config import Config, FederationConfig, HostPort, OutboxConfig, RateLimitConfig  # noqa: E402
-from phx.crypto import PHX_PREFIX, SUITE_1  # noqa: E402
 from phx.federation.discovery import Resolver  # noqa: E402
-from phx.federation.messages import LABEL_QS_TO_QS, QsToQsMessage  # noqa: E402
-from phx.federation.qs_bridge import EnqueueOutcome, QsQueues  # noqa: E402
+from phx.federation.qs_bridge import QsQueues  # noqa: E402
 from phx.federation.service import FederationService  # noqa: E402
-from phx.identifiers import Fqdn, GroupId  # noqa: E402
-from phx.mls.messages import MLSMessage, PrivateMessage  # noqa: E402
-from phx.mls.messages.common import ContentType  # noqa: E402
-from phx.privacypass import IssuerKey, finalize_tokens, phoenix_challenge, request_tokens  # noqa: E402
-from phx.queues import enqueue, new_queue  # noqa: E402
-from phx.queuing import core  # noqa: E402
+from phx.identifiers import GroupId, QsCid  # noqa: E402
+from phx.queues import QueueReader  # noqa: E402
 from phx.queuing.messages import (  # noqa: E402
     ClientQueueConfig,
     CreateUserRecordParams,
     CreateUserRecordResponse,
+    DequeueMessagesParams,
+    DequeueMessagesResponse,
     FanOutMessage,
+    FanOutQueuePayload,
     MessageContent,
-    MessageContentType,
     Operation,
     QsClientRequest,
     QueueConfig,
@@ -66,15 +87,11 @@ from phx.queuing.messages import (  # noqa: E402
 from phx.queuing.routes import qs_routes  # noqa: E402
 from phx.queuing.service import QsService  # noqa: E402
 from phx.server import Registry, create_app, uvicorn_config  # noqa: E402
-from phx.storage import Connection, Database, migrate, open_database  # noqa: E402
+from phx.storage import Database, migrate, open_database  # noqa: E402
 
-CS = SUITE_1
-A, B = Fqdn("a.test"), Fqdn("b.test")
-MEMBERS = 5
-POSTGRES_URL = os.environ.get("PHX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+WARMUP = 20
 
-
-# --- one homeserver -----------------------------------------------------------------------------------
+# --- --entry qs: one QS + federation homeserver -------------------------------------------------------
 
 
 class AcceptAll:
@@ -96,12 +113,6 @@ class QsRoutes:
 
     async def stop(self) -> None:
         return None
-
-
-class Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def config_for(domain: str, tmp: Path, db_url: str) -> Config:
@@ -147,158 +158,109 @@ def port_of(server: Server) -> int:
     return int(server.servers[0].sockets[0].getsockname()[1])
 
 
-async def register(qs: QsService, n: int) -> list[ClientQueueConfig]:
-    configs = []
+#: A registered queue: its id, the client's record key and the queue's decryption key.
+Queue = tuple[QsCid, bytes, bytes]
+
+
+async def register(qs: QsService, n: int) -> tuple[list[ClientQueueConfig], list[Queue]]:
+    configs, queues = [], []
     for _ in range(n):
-        _, pk = CS.generate_signature_key_pair()
-        _, queue_pk = CS.generate_hpke_key_pair()
+        sk, pk = CS.generate_signature_key_pair()
+        queue_sk, queue_pk = CS.generate_hpke_key_pair()
         params = CreateUserRecordParams(pk, os.urandom(32), pk, queue_pk)
         body = QsClientRequest(params.encode(), None, b"pp").encode()
         cid = CreateUserRecordResponse.decode(await qs.handle(Operation.CREATE_USER_RECORD, body)).qs_cid
         configs.append(seal_queue_config(qs.queue_config_encryption_key, qs.domain, QueueConfig(None, cid)))
-    return configs
-
-
-def message(group: GroupId, body: bytes) -> MessageContent:
-    pm = PrivateMessage(
-        group.encode(), 7, ContentType.APPLICATION, b"", os.urandom(40), body + os.urandom(150)
-    )
-    return MessageContent(MessageContentType.APPLICATION, MLSMessage(pm))
+        queues.append((cid, sk, queue_sk))
+    return configs, queues
 
 
 def index_of(fan_out: FanOutMessage) -> int | None:
-    body = fan_out.message_content.body
-    assert isinstance(body, MLSMessage) and body.private_message is not None
-    head = body.private_message.ciphertext[:8]
+    return content_index(fan_out.message_content)
+
+
+def content_index(content: MessageContent) -> int | None:
+    ciphertext = private_ciphertext(content)
+    assert ciphertext is not None
+    head = ciphertext[:8]
     return None if head == b"warmup!!" else int.from_bytes(head, "big")
 
 
-# --- b.test (child process) ---------------------------------------------------------------------------
+async def drain(qs: QsService, queues: list[Queue]) -> list[list[int]]:
+    """Every queue's messages in order, decrypted as its client would (warm-up messages as -1)."""
+    out = []
+    for cid, sk, queue_sk in queues:
+        reader, got = QueueReader(CS, [queue_sk]), []
+        while True:
+            params = DequeueMessagesParams(cid, reader.next_sequence, 500)
+            body = QsClientRequest.signed(
+                Operation.DEQUEUE_MESSAGES.value, params, cid, sk, int(time.time())
+            ).encode()
+            response = DequeueMessagesResponse.decode(await qs.handle(Operation.DEQUEUE_MESSAGES, body))
+            for item in response.messages:
+                plaintext = reader.read(item)
+                if plaintext is not None:
+                    i = content_index(FanOutQueuePayload.decode(plaintext).content)
+                    got.append(-1 if i is None else i)
+            if response.remaining_messages_number == 0 or not response.messages:
+                break
+        out.append(got)
+    return out
 
 
-class TimedQueues(QsQueues):
-    """Records when each measured message is committed into b.test's queues."""
-
-    def __init__(self, qs: QsService) -> None:
-        super().__init__(qs)
-        self.stamps: dict[int, float] = {}
-        self._pending: list[int] = []
-
-    async def enqueue(
-        self,
-        conn: Connection,
-        fan_outs: Sequence[FanOutMessage],
-        now: int,
-        contents: Sequence[bytes] | None = None,
-    ) -> EnqueueOutcome:
-        self._pending = [i for i in map(index_of, fan_outs) if i is not None]
-        return await super().enqueue(conn, fan_outs, now, contents)
-
-    async def after_commit(self, deliveries: Sequence[core.Delivery]) -> None:
-        t = time.time()
-        for i in self._pending:
-            self.stamps.setdefault(i, t)
-        self._pending = []
-        await super().after_commit(deliveries)
+# --- b.test for --entry qs (child process) ------------------------------------------------------------
 
 
 def child(pipe: Pipe, tmp: str, db_url: str, n: int, profile: bool) -> None:
-    if not profile:
-        asyncio.run(_child(pipe, Path(tmp), db_url, n))
-        return
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    prof.enable()
-    asyncio.run(_child(pipe, Path(tmp), db_url, n))
-    prof.disable()
-    print("=== b.test profile ===")
-    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    asyncio.run(_child(pipe, Path(tmp), db_url, n, profile))
 
 
-async def _child(pipe: Pipe, tmp: Path, db_url: str, n: int) -> None:
+async def _child(pipe: Pipe, tmp: Path, db_url: str, n: int, profile: bool) -> None:
     overrides: dict[str, HostPort] = {}
     timed: list[TimedQueues] = []
 
     def factory(qs: QsService) -> TimedQueues:
-        timed.append(TimedQueues(qs))
+        timed.append(TimedQueues(qs, index_of))
         return timed[0]
 
     db, qs, fed, server = await homeserver(config_for("b.test", tmp, db_url), overrides, factory)
-    configs = await register(qs, MEMBERS)
+    configs, queues = await register(qs, MEMBERS)
     pipe.send((port_of(server), [c.encode() for c in configs]))
     a_port = await asyncio.to_thread(pipe.recv)
     overrides["qs.a.test"] = HostPort("127.0.0.1", a_port)
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile(time.thread_time)  # CPU, not the idle waits
+        prof.enable()
+    cpu, loop_cpu = time.process_time(), time.thread_time()
     deadline = time.monotonic() + 600
     while len(timed[0].stamps) < n and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    cpu = time.process_time()
+    cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
+    if prof is not None:
+        prof.disable()
+        print_profile(prof, "b.test profile", n, cpu - loop_cpu)
     pipe.send((timed[0].stamps, cpu))
-    await asyncio.to_thread(pipe.recv)
+    if await asyncio.to_thread(pipe.recv) == "drain":
+        pipe.send(await drain(qs, queues))
+        await asyncio.to_thread(pipe.recv)
     await fed.stop()
     server.should_exit = True
     await asyncio.sleep(0.2)
     await db.close()
 
 
-# --- the crypto-only bound ----------------------------------------------------------------------------
+# --- --entry qs: a.test (this process) ----------------------------------------------------------------
 
 
-def crypto_bound(samples: int = 400) -> dict[str, float]:
-    """Seconds per message for each cryptographic step, measured here."""
-    sk, pk = CS.generate_signature_key_pair()
-    payload = FanOutMessage((), message(GroupId.random(A), b"x" * 8)).encode()
-    frame = QsToQsMessage.sign_encoded(os.urandom(16), int(time.time()), A, B, payload, sk)
-    msg, tbs = QsToQsMessage.split(frame)
-
-    def timed(fn: Any, reps: int = samples) -> float:
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t) / reps
-
-    sign = timed(lambda: QsToQsMessage.sign_encoded(msg.message_id, msg.created_at, A, B, payload, sk))
-    verify = timed(lambda: CS.verify_with_label(pk, LABEL_QS_TO_QS, tbs, msg.signature, prefix=PHX_PREFIX))
-    state, _ = new_queue(CS, CS.generate_hpke_key_pair()[1], int(time.time()))
-    item = payload[:300]
-    holder = [state]
-
-    def one_queue() -> None:
-        holder[0], _ = enqueue(CS, holder[0], (item,), int(time.time()), rotation_interval=86400)
-
-    queue = timed(one_queue, samples * 5)
-    key = IssuerKey(secrets.token_bytes(32))
-    pending = request_tokens(key.public_key, phoenix_challenge(A), 50)
-    tokens = finalize_tokens(pending, key.issue(pending.request, max_batch=100))
-    it = iter(range(10**9))
-    redeem = timed(lambda: key.verify(tokens[next(it) % len(tokens)]), 200)
-    return {"sign": sign, "verify": verify, "queue_encryption": queue, "token_redemption": redeem}
-
-
-# --- a.test (this process) ----------------------------------------------------------------------------
-
-
-async def run(args: argparse.Namespace) -> None:
+async def run_qs(args: argparse.Namespace) -> Figures:
     tmpdir = tempfile.TemporaryDirectory()
     tmp = Path(tmpdir.name)
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
-    for d in ("a.test", "b.test"):
-        leaf = ca.issue_cert(f"qs.{d}", f"as.{d}", f"ds.{d}")
-        (tmp / f"{d}.crt").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
-        leaf.private_key_pem.write_to_path(str(tmp / f"{d}.key"))
-    schemas: list[str] = []
-    if args.engine == "postgres":
-        admin = await asyncpg.connect(POSTGRES_URL)
-        for _ in range(2):
-            schemas.append(f"bench_{secrets.token_hex(5)}")
-            await admin.execute(f'CREATE SCHEMA "{schemas[-1]}"')
-        await admin.close()
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        urls = [f"{POSTGRES_URL}{sep}search_path={s}" for s in schemas]
-    else:
-        urls = [f"sqlite://{tmp / 'a.db'}", f"sqlite://{tmp / 'b.db'}"]
+    write_certs(tmp)
+    dbs = Databases(args.engine, tmp)
+    urls = await dbs.urls()
     ctx = mp.get_context("spawn")
     ours, theirs = ctx.Pipe()
     proc = ctx.Process(
@@ -311,14 +273,16 @@ async def run(args: argparse.Namespace) -> None:
         b_port, b_configs = await asyncio.to_thread(ours.recv)
         overrides["qs.b.test"] = HostPort("127.0.0.1", b_port)
         ours.send(port_of(server))
-        configs = [*await register(qs, MEMBERS), *(ClientQueueConfig.decode(c) for c in b_configs)]
-        group = GroupId.random(A)
-        for _ in range(20):  # warm-up: key fetch, connections, unsealed-config caches
-            await qs.enqueue_fan_out(FanOutMessage(tuple(configs), message(group, b"warmup!!")))
+        a_configs, a_queues = await register(qs, MEMBERS)
+        configs = [*a_configs, *(ClientQueueConfig.decode(c) for c in b_configs)]
+        group = GroupId.random(qs.domain)
+        for _ in range(WARMUP):  # warm-up: key fetch, connections, unsealed-config caches
+            await qs.enqueue_fan_out(FanOutMessage(tuple(configs), fake_message(group, b"warmup!!")))
         accepted: dict[int, float] = {}
         sem = asyncio.Semaphore(args.window)
         fan_outs = [
-            FanOutMessage(tuple(configs), message(group, i.to_bytes(8, "big"))) for i in range(args.messages)
+            FanOutMessage(tuple(configs), fake_message(group, i.to_bytes(8, "big")))
+            for i in range(args.messages)
         ]
 
         async def submit(i: int) -> None:
@@ -328,12 +292,13 @@ async def run(args: argparse.Namespace) -> None:
             finally:
                 sem.release()
 
-        cpu0 = time.process_time()
+        pg0 = await dbs.backend_cpu()
+        cpu0, loop0 = time.process_time(), time.thread_time()
         prof = None
         if args.profile:
             import cProfile
 
-            prof = cProfile.Profile()
+            prof = cProfile.Profile(time.thread_time)  # CPU, not the idle waits
             prof.enable()
         tasks = []
         start = time.monotonic()
@@ -347,15 +312,15 @@ async def run(args: argparse.Namespace) -> None:
             tasks.append(asyncio.create_task(submit(i)))  # created in order: the QS keeps this order
         await asyncio.gather(*tasks)
         stamps, b_cpu = await asyncio.to_thread(ours.recv)
-        a_cpu = time.process_time() - cpu0
+        a_cpu, a_loop = time.process_time() - cpu0, time.thread_time() - loop0
         if prof is not None:
-            import pstats
-
             prof.disable()
-            print("=== a.test profile ===")
-            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+            print_profile(prof, "a.test profile", args.messages, a_cpu - a_loop)
+        pg_cpu = await dbs.backend_cpu() - pg0
+        ours.send("drain")
+        b_got = await asyncio.to_thread(ours.recv)
         ours.send("stop")
-        bound = crypto_bound()
+        a_got = await drain(qs, a_queues)
         await fed.stop()
         server.should_exit = True
         await asyncio.sleep(0.2)
@@ -364,45 +329,41 @@ async def run(args: argparse.Namespace) -> None:
         proc.join(30)
         if proc.is_alive():
             proc.kill()
-        if schemas:
-            admin = await asyncpg.connect(POSTGRES_URL)
-            for s in schemas:
-                await admin.execute(f'DROP SCHEMA "{s}" CASCADE')
-            await admin.close()
+        await dbs.drop()
         tmpdir.cleanup()
     n = args.messages
     missing = n - len(stamps)
-    latencies = sorted(stamps[i] - accepted[i] for i in stamps)
-    elapsed = max(stamps.values()) - min(accepted.values())
-    throughput = len(stamps) / elapsed
-    per_message = bound["sign"] + bound["verify"] + bound["token_redemption"] + 10 * bound["queue_encryption"]
-    a_side = bound["sign"] + bound["token_redemption"] + MEMBERS * bound["queue_encryption"]
-    b_side = bound["verify"] + MEMBERS * bound["queue_encryption"]
-    single, dual = 1 / per_message, 1 / max(a_side, b_side)
-    offered = f"offered {args.rate:.0f} msg/s" if args.rate else "saturated"
-    print(
-        f"bench-federation: {n} messages, group of {2 * MEMBERS} (5 on a.test, 5 on b.test), {args.engine}, "
-        f"window {args.window}, {offered}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
-    )
     if missing:
-        print(f"  MISSING at b.test: {missing}")
-    print(f"  throughput accepted -> enqueued everywhere: {throughput:,.0f} msg/s ({elapsed:.2f} s)")
-    print(
-        f"  latency p50 {statistics.median(latencies) * 1000:.1f} ms, "
-        f"p99 {latencies[int(0.99 * (len(latencies) - 1))] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
-    )
-    print(
-        "  crypto per message: "
-        + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in bound.items())
-        + " (queue encryption x10)"
-    )
-    print(
-        f"  crypto-only bound: {single:,.0f} msg/s on one core ({throughput / single:.0%} reached), "
-        f"{dual:,.0f} msg/s with a.test and b.test on a core each ({throughput / dual:.0%} reached)"
-    )
-    print(
-        f"  CPU per message: a.test {a_cpu / n * 1e6:.0f} us (accepting and sending), "
-        f"b.test {b_cpu / n * 1e6:.0f} us (receiving; whole process life)"
+        raise DeliveryError(f"{missing} messages never committed at b.test")
+    want = [-1] * WARMUP + list(range(n))
+    for k, got in enumerate(a_got):
+        check_queue(f"a.test queue {k}", got, want)
+    for k, got in enumerate(b_got):
+        check_queue(f"b.test queue {k}", got, want)
+    cpu = {"a.test": a_cpu, "b.test": b_cpu}
+    if args.engine == "postgres":
+        cpu["PostgreSQL backends"] = pg_cpu
+    return Figures(
+        entry="qs",
+        engine=args.engine,
+        messages=n,
+        warmup=WARMUP,
+        window=args.window,
+        rate=args.rate,
+        connections=0,
+        local_recipients=MEMBERS,
+        remote_recipients=MEMBERS,
+        # As before --entry ds existed: from acceptance by a.test's QS (the DS's hand-over returning).
+        offered=accepted,
+        enqueued=stamps,
+        accepted={},
+        cpu=cpu,
+        bound=crypto_bound(),
+        delivery=f"OK, every queue got exactly its messages in order ({n} + {WARMUP} warm-up in each of 10)",
+        notes=[
+            "rate limits off: federation per-domain and per-queue buckets 0 (unlimited); "
+            "outbox batches of 200"
+        ],
     )
 
 
@@ -410,15 +371,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--window", type=int, default=64, help="fan-outs in flight at a.test")
+    parser.add_argument("--entry", choices=["ds", "qs"], default="ds", help="where messages enter a.test")
+    parser.add_argument("--messages", type=int, default=None, help="default: 3000 (ds), 5000 (qs)")
+    parser.add_argument("--window", type=int, default=64, help="requests (ds) or fan-outs (qs) in flight")
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--profile", action="store_true", help="cProfile both processes")
+    parser.add_argument("--profile", action="store_true", help="cProfile a.test and b.test")
     parser.add_argument(
         "--rate", type=float, default=0, help="offered load in msg/s (default: as fast as accepted)"
     )
     args = parser.parse_args()
-    asyncio.run(run(args))
+    if args.messages is None:
+        args.messages = 3000 if args.entry == "ds" else 5000
+    try:
+        if args.entry == "ds":
+            from _fed_ds import run_ds
+
+            figures = asyncio.run(run_ds(args.engine, args.messages, args.window, args.rate, args.profile))
+        else:
+            figures = asyncio.run(run_qs(args))
+    except DeliveryError as e:
+        print(f"bench-federation: FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
+    report(figures)
 
 
 if __name__ == "__main__":
