@@ -59,7 +59,7 @@ def test_bench_runs_and_every_message_arrives(entry: str) -> None:
     p50, p99, worst = figure(
         r"latency to enqueued everywhere: p50 ([\d.]+) ms, p99 ([\d.]+) ms, max ([\d.]+)", out
     )
-    assert 0 < p50 <= p99 <= worst <= seconds * 1000 + 1
+    assert 0 < p50 <= p99 <= worst <= seconds * 1000 + 6  # seconds rounded to 0.01
     bound, reached = figure(
         r"crypto-only bound \(primary: one core\): ([\d,]+) msg/s \((\d+)% reached\)", out
     )
