@@ -385,16 +385,18 @@ class OutboxConfig:
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    """``[federation.rate_limit]``: token buckets for inbound federation traffic (0 = unlimited)."""
+    """``[federation.rate_limit]``: token buckets for inbound federation traffic (0 = unlimited), kept in
+    the database so that every instance of the homeserver shares them."""
 
     per_domain_rate: float = _opt(50.0, _rate)
     """Sustained requests per second accepted from one source homeserver. Default 50."""
     per_domain_burst: int = _opt(200, _int())
     """Bucket size per source homeserver. Default 200."""
     per_queue_rate: float = _opt(5.0, _rate)
-    """Sustained messages per second into one client queue config from remote homeservers. Default 5."""
+    """Sustained messages per second into one client queue config, and into one queue, from remote
+    homeservers. Default 5."""
     per_queue_burst: int = _opt(50, _int())
-    """Bucket size per queue config. Default 50."""
+    """Bucket size per queue config and per queue. Default 50."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phx.federation.ratelimit import DomainRamp, KeyedLimiter, TokenBucket
+from phx.federation.ratelimit import DomainRamp, KeyedLimiter, TokenBucket, charge_in_order
 
 
 def test_bucket_allows_burst_then_rate() -> None:
@@ -86,3 +86,50 @@ def test_domain_ramp_is_monotonic() -> None:
     assert values == sorted(values)  # type: ignore[type-var]
     with pytest.raises(ValueError):
         DomainRamp(0, 10, 1)
+
+
+def test_full_at_is_the_whole_state_of_a_bucket() -> None:
+    b = TokenBucket.full(rate=2.0, burst=4, now=10.0)
+    assert b.full_at() == 10.0
+    assert b.take(10.0, 3) == 0.0
+    assert b.full_at() == pytest.approx(11.5)  # 3 tokens missing at 2 per second
+    again = TokenBucket.at(2.0, 4, b.full_at(), 10.5)
+    assert again.tokens == pytest.approx(2.0)
+    assert TokenBucket.at(2.0, 4, 0.0, 10.0).tokens == 4  # no stored state: full
+    assert TokenBucket.at(2.0, 4, 11.5, 20.0).tokens == 4  # full again since 11.5
+    assert TokenBucket.at(1.0, 4, 100.0, 10.0).tokens == 0  # rate lowered since: empty, not negative
+
+
+@given(
+    rate=st.floats(0.1, 100),
+    burst=st.integers(1, 50),
+    steps=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 3)), min_size=1, max_size=50),
+)
+def test_a_bucket_rebuilt_from_full_at_behaves_like_the_bucket(
+    rate: float, burst: int, steps: list[tuple[float, int]]
+) -> None:
+    live = TokenBucket.full(rate, burst, 0.0)
+    now = 0.0
+    for dt, cost in steps:
+        now += dt
+        rebuilt = TokenBucket.at(rate, burst, live.full_at(), now)
+        assert rebuilt.wait(now, cost) == pytest.approx(live.wait(now, cost), abs=1e-6)
+        live.is_full(now)  # refills up to now
+        assert rebuilt.tokens == pytest.approx(live.tokens, abs=1e-6)
+        live.take(now, cost)
+
+
+def test_charge_in_order_is_all_or_nothing_per_request_and_stops_at_the_first_refusal() -> None:
+    buckets = {k: TokenBucket.full(1.0, 2, 0.0) for k in "abc"}
+    admitted, wait = charge_in_order(buckets, [["a"], ["a", "b"], ["c"], ["a", "c"], ["c"]], 0.0)
+    # "a" is empty after two requests; the fourth request needs "a": refused, and "c" not charged for it;
+    # the fifth could pay but comes after a refusal, so order is kept.
+    assert admitted == 3 and wait == pytest.approx(1.0)
+    assert buckets["c"].tokens == 1 and buckets["b"].tokens == 1
+
+
+def test_charge_in_order_charges_a_key_once_per_request() -> None:
+    buckets = {"q": TokenBucket.full(1.0, 2, 0.0)}
+    assert charge_in_order(buckets, [["q", "q", "q"], ["q", "q"]], 0.0) == (2, 0.0)
+    assert buckets["q"].tokens == 0
+    assert charge_in_order(buckets, [[]], 0.0) == (1, 0.0)

@@ -1,11 +1,15 @@
 """Rate limits for traffic from other homeservers: token buckets and the new-domain ramp. Pure: every
 call takes ``now`` (seconds, any monotonic origin) and nothing here reads a clock.
 
-* :class:`TokenBucket` — ``rate`` tokens per second up to ``burst``; a rate of 0 means unlimited.
-* :class:`KeyedLimiter` — one bucket per key (source domain, queue config, queue), bounded in memory. A
-  request that touches several keys is admitted all-or-nothing: :meth:`KeyedLimiter.wait` looks without
-  taking, :meth:`KeyedLimiter.take` then consumes, so a message refused on its third queue has not spent
-  tokens on the first two.
+* :class:`TokenBucket` — ``rate`` tokens per second up to ``burst``; a rate of 0 means unlimited. Its
+  whole state fits in one number, :meth:`TokenBucket.full_at` (when it is full again; :meth:`TokenBucket.at`
+  rebuilds it), which is what the shared store keeps (:mod:`.ratelimit_store`): a bucket that is full
+  again is the same as no bucket at all, so idle rows can be deleted exactly.
+* :func:`charge_in_order` — requests in order against a set of buckets, each all-or-nothing across its
+  keys, stopping at the first that cannot pay (a message refused on its third queue has not spent tokens
+  on the first two, and nothing after it is admitted, so order is kept).
+* :class:`KeyedLimiter` — one bucket per key, in memory (single-process uses; the inbound federation
+  limits are shared by every instance through :class:`.ratelimit_store.InboundLimits`).
 * :class:`DomainRamp` — the allowance of a federated domain grows with the time we have known it (book:
   threat_model/qualitative/federation.md, "keep the limit for new domains low and only increase it
   slowly"): ``initial`` at first contact, doubling every ``doubling`` seconds, capped at ``full``.
@@ -15,10 +19,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-__all__ = ["DomainRamp", "KeyedLimiter", "TokenBucket"]
+__all__ = ["DomainRamp", "KeyedLimiter", "TokenBucket", "charge_in_order"]
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(slots=True)
@@ -31,6 +38,21 @@ class TokenBucket:
     @classmethod
     def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
         return cls(rate, burst, burst, now)
+
+    @classmethod
+    def at(cls, rate: float, burst: float, full_at: float, now: float) -> TokenBucket:
+        """The bucket at ``now`` whose :meth:`full_at` is ``full_at`` (0 or any past time: full). A stored
+        time further ahead than a whole burst (the rate was lowered since) counts as empty."""
+        if full_at <= now or rate == 0:
+            return cls(rate, burst, burst, now)
+        return cls(rate, burst, max(0.0, burst - (full_at - now) * rate), now)
+
+    def full_at(self) -> float:
+        """When the bucket is full again if nothing more is taken: its whole state in one number (with
+        ``rate`` and ``burst`` from the configuration). Unlimited buckets are always full."""
+        if self.rate == 0:
+            return self.updated
+        return self.updated + max(0.0, self.burst - self.tokens) / self.rate
 
     def _refill(self, now: float) -> None:
         if now > self.updated:
@@ -58,6 +80,26 @@ class TokenBucket:
     def is_full(self, now: float) -> bool:
         self._refill(now)
         return self.tokens >= self.burst
+
+
+def charge_in_order(
+    buckets: Mapping[K, TokenBucket], requests: Iterable[Collection[K]], now: float
+) -> tuple[int, float]:
+    """Charge ``requests`` in order, one token from the bucket of each *distinct* key of a request (a
+    message listing a queue twice is still one message into it), all of a request's keys or none, and
+    stop at the first request some key cannot pay. Returns (requests admitted, the refused one's wait, or
+    0 when all were admitted). Every key must have a bucket in ``buckets``; only buckets of admitted
+    requests are charged."""
+    admitted = 0
+    for keys in requests:
+        distinct = keys if isinstance(keys, (set, frozenset)) else set(keys)
+        wait = max((buckets[k].wait(now) for k in distinct), default=0.0)
+        if wait > 0:
+            return admitted, wait
+        for k in distinct:
+            buckets[k].take(now)
+        admitted += 1
+    return admitted, 0.0
 
 
 class KeyedLimiter:

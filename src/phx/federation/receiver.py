@@ -4,7 +4,7 @@
 For a :class:`~.messages.QsToQsBatch` from ``source``, in this order (cheap refusals first):
 
 1. the batch decodes (else 400) and the policy accepts ``source`` (else 403 ``policy_denied``);
-2. the per-source-domain bucket has a token for the request (else 429 with ``Retry-After``);
+2. this instance has not just seen the source domain's bucket refuse it (else 429 at once, no work);
 3. the source QS's verifying key is known or fetchable over TLS (else 503: we cannot check, so we accept
    nothing; the sender retries);
 4. per frame, without touching the database: it decodes, names ``source`` and *this* homeserver, carries a
@@ -12,11 +12,14 @@ For a :class:`~.messages.QsToQsBatch` from ``source``, in this order (cheap refu
    neither older than our de-duplication memory nor from the future, and every queue config in it is for
    this homeserver (we never relay: a peer cannot use us to reach a third homeserver). A frame failing
    any of these is answered ``REJECTED`` with a reason and never enqueued;
-5. in one transaction, in frame order: a frame whose ``(source, message_id)`` we have seen is answered
-   ``DUPLICATE`` with the first answer (or ``REJECTED conflict`` if the content differs: a replayed id
-   with an altered payload); otherwise the per-queue-config and per-queue buckets must admit it — if not,
-   processing stops there and the response says when to send the rest (``retry_after_ms``), so order is
-   kept; otherwise its id is recorded and it is enqueued exactly as a local DS's fan-out would be;
+5. in one transaction: a frame whose ``(source, message_id)`` we have seen is answered ``DUPLICATE``
+   with the first answer (or ``REJECTED conflict`` if the content differs: a replayed id with an altered
+   payload); the request is charged once against the buckets shared by every instance
+   (:class:`~.ratelimit_store.InboundLimits`): the source domain's (else 429 with ``Retry-After``, nothing
+   charged), then in frame order each new frame's per-queue-config and per-queue buckets — the first
+   frame they refuse stops processing and the response says when to send the rest (``retry_after_ms``),
+   so order is kept; each admitted frame's id is recorded and it is enqueued exactly as a local DS's
+   fan-out would be;
 6. after commit: live-listener wake-ups and pushes; a peer that proved itself with a valid signature is
    "contacted", which wakes our own sender's back-off towards it.
 """
@@ -33,7 +36,7 @@ from phx.crypto import PHX_PREFIX, SUITE_1, CipherSuite
 from phx.errors import DecodeError, RateLimited
 from phx.identifiers import Fqdn
 from phx.queuing.messages import FanOutMessage, QueueDeleted
-from phx.storage import Database
+from phx.storage import Connection, Database
 
 from .keyring import Keyring
 from .messages import (
@@ -51,7 +54,7 @@ from .metrics import FederationMetrics
 from .outbox_store import FederationStore, ReceivedRecord
 from .policy import FederationPolicy
 from .qs_bridge import LocalQueues
-from .ratelimit import KeyedLimiter
+from .ratelimit_store import Admission, InboundLimits, MessageKeys
 
 __all__ = ["Receiver", "decode_queue_deleted", "encode_queue_deleted"]
 
@@ -103,6 +106,7 @@ class Receiver:
         on_contact: Callable[[Fqdn], None] | None = None,
         metrics: FederationMetrics | None = None,
         cs: CipherSuite = SUITE_1,
+        limits: InboundLimits | None = None,
     ) -> None:
         self.db = db
         self.store = store
@@ -115,9 +119,7 @@ class Receiver:
         self.on_contact = on_contact
         self.metrics = metrics if metrics is not None else FederationMetrics()
         self.cs = cs
-        self.per_domain = KeyedLimiter(rate_limit.per_domain_rate, rate_limit.per_domain_burst)
-        self.per_config = KeyedLimiter(rate_limit.per_queue_rate, rate_limit.per_queue_burst)
-        self.per_queue = KeyedLimiter(rate_limit.per_queue_rate, rate_limit.per_queue_burst)
+        self.limits = limits if limits is not None else InboundLimits(rate_limit)
 
     def _refuse(self, reason: str) -> None:
         self.metrics.refused.inc(reason=reason)
@@ -134,11 +136,14 @@ class Receiver:
         if not self.policy.permits(source):
             self._refuse("policy")
         self.policy.check_inbound(source)
-        wait = self.per_domain.take([source], now)
-        if wait > 0:
+        blocked = self.limits.blocked(source, now)
+        if blocked > 0:
             self._refuse("rate_limit_domain")
-            raise RateLimited(f"too many requests from {source}", retry_after=wait)
+            raise RateLimited(f"too many requests from {source}", retry_after=blocked)
         if not batch.frames:
+            if not self.limits.unlimited:
+                async with self.db.transaction() as conn:
+                    await self._admit(conn, source, [], now)
             return QsToQsBatchResponse((), 0).encode()
         key = await self.keyring.get(source)
         frames = [self._check(raw, source, key, now) for raw in batch.frames]
@@ -188,8 +193,15 @@ class Receiver:
             f.content = content_of(tbs)
         return f
 
-    def _rate_keys(self, fan_out: FanOutMessage) -> tuple[list[bytes], list[bytes]]:
-        if self.per_config.unlimited:
+    async def _admit(self, conn: Connection, source: Fqdn, keys: list[MessageKeys], now: float) -> Admission:
+        admission = await self.limits.charge(conn, source, keys, now)
+        if admission.domain_wait > 0:
+            self._refuse("rate_limit_domain")
+            raise RateLimited(f"too many requests from {source}", retry_after=admission.domain_wait)
+        return admission
+
+    def _rate_keys(self, fan_out: FanOutMessage) -> MessageKeys:
+        if self.limits.queues_unlimited:
             return [], []
         configs: list[bytes] = []
         queues: list[bytes] = []
@@ -212,28 +224,35 @@ class Receiver:
             valid = [f.message_id for f in frames if f.message is not None]
             seen = await self.store.received(conn, source, valid)
             in_batch: dict[bytes, bytes] = {}
+            # Per frame: None for a new one (to charge), else the earlier record it repeats.
+            plan: list[tuple[_Frame, ReceivedRecord | None]] = []
+            keys: list[MessageKeys] = []
             for f in frames:
                 msg = f.message
-                if msg is None:
+                prior: ReceivedRecord | None = None
+                if msg is not None:
+                    prior = seen.get(f.message_id)
+                    if prior is None and f.message_id in in_batch:
+                        prior = ReceivedRecord(f.message_id, in_batch[f.message_id], b"")
+                    if prior is None:
+                        in_batch[f.message_id] = f.digest
+                        keys.append(self._rate_keys(msg.payload))
+                plan.append((f, prior))
+            admission = await self._admit(conn, source, keys, now)
+            charged = 0
+            for f, prior in plan:
+                if f.message is None:
                     results.append(MessageResult(f.message_id, MessageStatus.REJECTED, (), f.error))
-                    continue
-                prior: ReceivedRecord | None = seen.get(f.message_id)
-                if prior is None and f.message_id in in_batch:
-                    prior = ReceivedRecord(f.message_id, in_batch[f.message_id], b"")
-                if prior is not None:
+                elif prior is not None:
                     results.append(self._repeat(f, prior))
-                    continue
-                config_keys, queue_keys = self._rate_keys(msg.payload)
-                wait = max(self.per_config.wait(config_keys, now), self.per_queue.wait(queue_keys, now))
-                if wait > 0:
+                elif charged == admission.admitted:
                     self._refuse("rate_limit_queue")
-                    retry_after = wait
+                    retry_after = admission.wait
                     break
-                self.per_config.take(config_keys, now)
-                self.per_queue.take(queue_keys, now)
-                in_batch[f.message_id] = f.digest
-                fresh.append((len(results), f))
-                results.append(MessageResult(f.message_id, MessageStatus.ACCEPTED, (), ""))
+                else:
+                    charged += 1
+                    fresh.append((len(results), f))
+                    results.append(MessageResult(f.message_id, MessageStatus.ACCEPTED, (), ""))
             if fresh:
                 recorded = await self.store.remember_many(
                     conn, source, [(f.message_id, f.digest) for _, f in fresh], int(now)

@@ -239,6 +239,10 @@ class FederationService:
         async with self.db.transaction() as conn:
             forgotten = await self.store.forget_received(conn, now - fed.dedup_retention)
             expired = await self.store.expire(conn, now - fed.outbox.max_age)
+        if self.receiver is not None:
+            # Its own short transaction: deleting buckets must not hold rows a receiver is waiting for.
+            async with self.db.transaction() as conn:
+                await self.receiver.limits.expire(conn, self.clock())
         for dest, n in expired.items():
             self.metrics.dropped.inc(n, destination=dest.value, reason="expired")
             log.warning("dropped %d expired message(s) for %s", n, dest)
