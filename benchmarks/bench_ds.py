@@ -302,7 +302,7 @@ def profiler(wanted: str | None, name: str) -> cProfile.Profile | None:
 
 def show(prof: cProfile.Profile | None) -> None:
     if prof is not None:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats(os.environ.get("PHX_BENCH_SORT", "tottime")).print_stats(int(os.environ.get("PHX_BENCH_LINES", "25")))
 
 
 async def bench_size(
