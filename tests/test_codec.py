@@ -236,3 +236,77 @@ def test_zero_length_items_cannot_loop_forever() -> None:
     assert Many.decode(b"\x00").items == ()
     with pytest.raises(DecodeError, match="zero length"):
         Many.decode(b"\x01\x00")
+
+
+# --- generated readers and writers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Base(Struct):
+    a: Annotated[int, U8]
+    b: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Derived(Base):
+    c: Color
+
+
+def test_subclass_of_a_generated_struct_uses_its_own_fields() -> None:
+    # Base's generated code is installed first; Derived inherits it and must not use it for its own fields.
+    assert Base.decode(Base(1, b"x").encode()) == Base(1, b"x")
+    d = Derived(2, b"yz", Color.GREEN)
+    assert d.encode() == b"\x02\x02yz\x02"
+    assert Derived.decode(b"\x02\x02yz\x02") == d
+    assert Base(1, b"x").encode() == b"\x01\x01x"
+    with pytest.raises(DecodeError, match="trailing"):
+        Base.decode(b"\x02\x02yz\x02")
+
+
+@dataclass(frozen=True, slots=True)
+class Checked(Struct):
+    """A hand-written _read that delegates to Struct's and then checks; the generic _write."""
+
+    n: Annotated[int, U16]
+
+    @classmethod
+    def _read(cls, r: Reader) -> Checked:
+        v = super(Checked, cls)._read(r)  # zero-argument super() breaks with slots=True
+        if v.n == 0:
+            raise DecodeError("zero")
+        return v
+
+
+def test_hand_written_methods_are_kept_and_may_delegate() -> None:
+    assert Checked(5).encode() == b"\x00\x05"
+    assert Checked.decode(b"\x00\x05") == Checked(5)
+    with pytest.raises(DecodeError, match="zero"):
+        Checked.decode(b"\x00\x00")
+    assert "_read" in Checked.__dict__ and Checked.__dict__["_read"].__func__.__name__ == "_read"
+
+
+def test_vectors_are_written_in_place_with_their_length_header() -> None:
+    for n in (0, 1, 63, 64, 300, 20000):
+        items = tuple(Inner(i % 60000, b"") for i in range(n))
+
+        @dataclass(frozen=True, slots=True)
+        class Outer(Struct):
+            head: bytes
+            items: tuple[Inner, ...]
+            tail: bytes
+
+        value = Outer(b"h", items, b"t")
+        body = b"".join(i.encode() for i in items)
+        assert value.encode() == b"\x01h" + encode_varint(len(body)) + body + b"\x01t"
+        assert Outer.decode(value.encode()) == value
+
+
+def test_nested_vectors_round_trip() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Grid(Struct):
+        rows: tuple[tuple[bytes, ...], ...]
+
+    g = Grid(((b"a" * 70, b""), (), (b"b",)))
+    raw = g.encode()
+    assert raw[:2] == encode_varint(len(raw) - 2)
+    assert Grid.decode(raw) == g

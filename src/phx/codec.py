@@ -161,16 +161,27 @@ class Writer:
         self.buf += b
 
     def opaque(self, b: bytes) -> None:
-        self.buf += encode_varint(len(b))
-        self.buf += b
+        buf = self.buf
+        n = len(b)
+        if n < 0x40:
+            buf.append(n)
+        else:
+            buf += encode_varint(n)
+        buf += b
 
     def vector(self, items: typing.Iterable[Any], write_item: Callable[[Writer, Any], None]) -> None:
         """Write ``T<V>``; ``write_item(writer, item)`` (for structs use ``Writer.struct``)."""
-        inner = Writer()
+        # The items go straight into this buffer and the length header is inserted in front of them
+        # afterwards (it is one octet for most vectors): no second buffer and no copy of the items.
+        buf = self.buf
+        start = len(buf)
         for item in items:
-            write_item(inner, item)
-        self.buf += encode_varint(len(inner.buf))
-        self.buf += inner.buf
+            write_item(self, item)
+        n = len(buf) - start
+        if n < 0x40:
+            buf.insert(start, n)
+        else:
+            buf[start:start] = encode_varint(n)
 
     def struct(self, s: Struct) -> None:
         s._write(self)
@@ -300,10 +311,11 @@ class WireEnum(enum.IntEnum):
     @classmethod
     def read(cls, r: Reader) -> Self:
         v = r.uint(cls.wire_width())
-        try:
-            return cls(v)
-        except ValueError:
-            raise DecodeError(f"unknown {cls.__name__} value {v}") from None
+        # The members by value, looked up directly (calling the class costs several Python calls).
+        member: Self | None = cls._value2member_map_.get(v)  # type: ignore[assignment]
+        if member is None:
+            raise DecodeError(f"unknown {cls.__name__} value {v}")
+        return member
 
     def write(self, w: Writer) -> None:
         w.uint(self.wire_width(), int(self))
@@ -337,7 +349,13 @@ def _codec_for(tp: Any, owner: type) -> tuple[_Write, _Read]:
         args = get_args(tp)
         if len(args) != 2 or args[1] is not Ellipsis:
             raise TypeError(f"{owner.__name__}: vectors are tuple[T, ...]")
-        iw, ir = _codec_for(args[0], owner)
+        item = args[0]
+        if isinstance(item, type) and issubclass(item, Struct):
+            # Look the item reader up per vector, not once here: the class's generated reader replaces
+            # the generic one on first use (see Struct._read).
+            icls = item
+            return (lambda w, v: w.vector(v, _write_struct)), (lambda r: r.vector(icls._read, limit))
+        iw, ir = _codec_for(item, owner)
         return (lambda w, v: w.vector(v, iw)), (lambda r: r.vector(ir, limit))
     if tp is bool:
         return (lambda w, v: w.u8(1 if v else 0)), (lambda r: r.boolean())
@@ -372,8 +390,109 @@ def _codec_for(tp: Any, owner: type) -> tuple[_Write, _Read]:
         return (lambda w, v: v.write(w)), ecls.read
     if isinstance(tp, type) and issubclass(tp, Struct):
         scls = tp
-        return (lambda w, v: v._write(w)), scls._read
+        return _write_struct, (lambda r: scls._read(r))
     raise TypeError(f"{owner.__name__}: no wire form for {tp!r}")
+
+
+def _write_struct(w: Writer, v: Struct) -> None:
+    v._write(w)
+
+
+def _field_source(
+    name: str, tp: Any, write: _Write, read: _Read, i: int, env: dict[str, Any]
+) -> tuple[str, str]:
+    """Python source reading (an expression over ``r``) and writing (a statement writing ``v`` to ``w``)
+    one field, for the code :func:`_generate` builds: direct calls for the common kinds, the field's
+    closures otherwise. Names the source uses go into ``env``."""
+    meta: tuple[Any, ...] = ()
+    if get_origin(tp) is typing.Annotated:
+        tp, *rest = get_args(tp)
+        meta = tuple(rest)
+    width = next((m for m in meta if isinstance(m, Width)), None)
+    fixed = next((m for m in meta if isinstance(m, Fixed)), None)
+    maxlen = next((m for m in meta if isinstance(m, MaxLen)), None)
+    env[f"_w{i}"], env[f"_r{i}"] = write, read
+    closures = f"_r{i}(r)", f"_w{i}(w, v.{name})"
+    if tp is int and width is not None:
+        env[f"_u{i}"] = width
+        return f"r.uint(_u{i})", f"w.uint(_u{i}, v.{name})"
+    if tp is bytes and fixed is None:
+        return f"r.opaque({maxlen.limit if maxlen else None})", f"w.opaque(v.{name})"
+    if tp is bytes and fixed is not None:
+        return f"r.take({fixed.size})", closures[1]
+    if isinstance(tp, type) and issubclass(tp, WireEnum):
+        env[f"_e{i}"] = tp
+        return f"_e{i}.read(r)", f"v.{name}.write(w)"
+    if isinstance(tp, type) and issubclass(tp, Struct):
+        env[f"_s{i}"] = tp
+        return f"_s{i}._read(r)", f"v.{name}._write(w)"
+    return closures
+
+
+def _generate(cls: type[Struct]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``_read`` (a classmethod function) and ``_write`` for a declarative struct, as straight-line code:
+    no per-field loop, lambda or plan lookup at run time (the codec's cost is mostly Python calls)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    env: dict[str, Any] = {"_owner": cls, "_generic_read": _generic_read, "_generic_write": _generic_write}
+    reads, writes = [], []
+    for i, (name, write, read) in enumerate(cls._compile()):
+        rd, wr = _field_source(name, hints[name], write, read, i, env)
+        reads.append(rd)
+        writes.append(wr)
+    body = "".join(f"    {wr}\n" for wr in writes)
+    src = (
+        "def _read(cls, r):\n"
+        "    if cls is not _owner:\n"
+        "        return _generic_read(cls, r)\n"
+        f"    return _owner({', '.join(reads)})\n"
+        "def _write(v, w):\n"
+        "    if type(v) is not _owner:\n"
+        "        return _generic_write(v, w)\n"
+        f"{body}"
+        "    return None\n"
+    )
+    exec(compile(src, f"<phx.codec {cls.__qualname__}>", "exec"), env)
+    read_fn, write_fn = env["_read"], env["_write"]
+    read_fn._phx_generated = write_fn._phx_generated = True
+    return read_fn, write_fn
+
+
+def _install(cls: type[Struct]) -> None:
+    """Give ``cls`` its generated ``_read``/``_write`` where it relies on :class:`Struct`'s (a hand-written
+    method of the class itself is left alone)."""
+    read_fn, write_fn = _generate(cls)
+    if "_read" not in cls.__dict__:
+        type.__setattr__(cls, "_read", classmethod(read_fn))
+    if "_write" not in cls.__dict__:
+        type.__setattr__(cls, "_write", write_fn)
+
+
+def _is_generated(method: Any) -> bool:
+    return getattr(getattr(method, "__func__", method), "_phx_generated", False)
+
+
+def _generic_read(cls: type[Any], r: Reader) -> Any:
+    own = cls.__dict__.get("_read")
+    if own is None:
+        _install(cls)
+        own = cls.__dict__["_read"]
+    if _is_generated(own):
+        return own.__func__(cls, r)
+    # A hand-written _read that delegates to Struct's: the plan, field by field.
+    return cls(*[read(r) for _, _, read in cls._compile()])
+
+
+def _generic_write(v: Any, w: Writer) -> None:
+    cls = type(v)
+    own = cls.__dict__.get("_write")
+    if own is None:
+        _install(cls)
+        own = cls.__dict__["_write"]
+    if _is_generated(own):
+        own(v, w)
+        return
+    for name, write, _ in cls._compile():
+        write(w, getattr(v, name))
 
 
 class Struct:
@@ -390,13 +509,15 @@ class Struct:
             type.__setattr__(cls, "_plan_cache", plan)
         return plan
 
+    # The first use of a declarative struct replaces these two on its class by generated straight-line
+    # code (_install); they stay the entry points for a class's first call.
     def _write(self, w: Writer) -> None:
-        for name, write, _ in self._compile():
-            write(w, getattr(self, name))
+        _generic_write(self, w)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
-        return cls(*[read(r) for _, _, read in cls._compile()])
+        v: Self = _generic_read(cls, r)
+        return v
 
     def encode(self) -> bytes:
         w = Writer()
