@@ -265,3 +265,23 @@ async def test_two_receivers_admit_the_configured_queue_rate_together(db_factory
                 assert res.results or res.retry_after_ms > 0
         assert accepted == 9
         assert len(await client.bodies()) == 9
+
+
+async def test_empty_batches_count_against_the_shared_domain_bucket(db_factory: DbFactory) -> None:
+    async with AsyncExitStack() as stack:
+        hs = await two_instances(db_factory, stack, DOMAIN_ONLY)
+        statuses = [(await hs.post(i, [])).status_code for i in (0, 1, 1)]
+        assert statuses == [200, 200, 429]
+        b1, b2 = hs.b1.fed.receiver, hs.b2.fed.receiver
+        assert b1 is not None and b2 is not None
+        # The instance that was refused remembers it; the other learns it from the database.
+        assert b2.limits.blocked(A, hs.now[0]) == 1.0 and b1.limits.blocked(A, hs.now[0]) == 0
+        for instance in (1, 0):
+            refused = await hs.post(instance, [])
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert b1.limits.blocked(A, hs.now[0]) == 1.0
+        assert hs.b2.fed.metrics.refused.get(reason="rate_limit_domain") == 2
+        assert hs.b1.fed.metrics.refused.get(reason="rate_limit_domain") == 1
+        hs.now[0] += 1.0
+        assert (await hs.post(0, [])).status_code == 200
+        assert (await hs.post(1, [])).status_code == 429
