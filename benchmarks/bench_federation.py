@@ -372,7 +372,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--entry", choices=["ds", "qs"], default="ds", help="where messages enter a.test")
-    parser.add_argument("--messages", type=int, default=None, help="default: 2000 (ds), 5000 (qs)")
+    parser.add_argument("--messages", type=int, default=None, help="default: 1500 (ds), 5000 (qs)")
     parser.add_argument("--window", type=int, default=64, help="requests (ds) or fan-outs (qs) in flight")
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--profile", action="store_true", help="cProfile a.test and b.test")
@@ -381,7 +381,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.messages is None:
-        args.messages = 2000 if args.entry == "ds" else 5000
+        args.messages = 1500 if args.entry == "ds" else 5000
     try:
         if args.entry == "ds":
             from _fed_ds import run_ds
