@@ -221,7 +221,7 @@ def check_queue(name: str, got: Sequence[int], want: Sequence[int]) -> None:
 #: (label, substrings of a profile entry's file name or function text), first match wins.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP: uvicorn/starlette/h11/httpx", ("uvicorn", "starlette", "h11", "httpx", "httpcore", "phx/server")),
-    ("TLS", ("ssl.py", "_ssl.", "SSLObject", "SSLSocket")),
+    ("TLS", ("ssl.py", "sslproto", "_ssl.", "SSLObject", "SSLSocket")),
     ("token redemption", ("phx/privacypass", "phx/auth")),
     ("DS", ("phx/delivery",)),
     ("QS", ("phx/queuing", "phx/queues")),

@@ -147,11 +147,23 @@ async def homeserver(
     app = create_app(config, [QsRoutes(qs), fed], metrics=registry)
     ucfg = uvicorn_config(app, config, port=0)
     ucfg.access_log = False
+    ucfg.timeout_graceful_shutdown = 1
     server = Server(ucfg)
-    asyncio.create_task(server.serve())
+    SERVING[server] = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
     return db, qs, fed, server
+
+
+#: Each server's serve() task, awaited at shutdown (else its lifespan is cancelled with a traceback).
+SERVING: dict[Server, asyncio.Task[None]] = {}
+
+
+async def shut_down(db: Database, fed: FederationService, server: Server) -> None:
+    await fed.stop()
+    server.should_exit = True
+    await SERVING.pop(server)
+    await db.close()
 
 
 def port_of(server: Server) -> int:
@@ -246,10 +258,7 @@ async def _child(pipe: Pipe, tmp: Path, db_url: str, n: int, profile: bool) -> N
     if await asyncio.to_thread(pipe.recv) == "drain":
         pipe.send(await drain(qs, queues))
         await asyncio.to_thread(pipe.recv)
-    await fed.stop()
-    server.should_exit = True
-    await asyncio.sleep(0.2)
-    await db.close()
+    await shut_down(db, fed, server)
 
 
 # --- --entry qs: a.test (this process) ----------------------------------------------------------------
@@ -321,10 +330,7 @@ async def run_qs(args: argparse.Namespace) -> Figures:
         b_got = await asyncio.to_thread(ours.recv)
         ours.send("stop")
         a_got = await drain(qs, a_queues)
-        await fed.stop()
-        server.should_exit = True
-        await asyncio.sleep(0.2)
-        await db.close()
+        await shut_down(db, fed, server)
     finally:
         proc.join(30)
         if proc.is_alive():
