@@ -256,6 +256,7 @@ async def timed(
 
 
 CPU = [0.0]
+POSTGRES_URL = os.environ.get("PHX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def timed_concurrent(
@@ -279,13 +280,41 @@ async def timed_concurrent(
 
     if profile is not None:
         profile.enable()
+    server0 = await backend_cpu()
     t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    SERVER[0] = (await backend_cpu() - server0) / count
     if profile is not None:
         profile.disable()
     CPU[0] = cpu / count
     return wall / count
+
+
+#: The PostgreSQL application name of this run's connections (None on SQLite).
+APPLICATION: list[str | None] = [None]
+SERVER = [0.0]
+
+
+async def backend_cpu() -> float:
+    """CPU seconds (user + system) used so far by this run's PostgreSQL backends, from /proc (0 on SQLite
+    or when /proc is not readable)."""
+    name = APPLICATION[0]
+    if name is None:
+        return 0.0
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        pids = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1", name)
+    finally:
+        await admin.close()
+    total = 0
+    for row in pids:
+        try:
+            fields = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def report(name: str, seconds: float, goal: float | None = None) -> None:
@@ -302,7 +331,8 @@ def profiler(wanted: str | None, name: str) -> cProfile.Profile | None:
 
 def show(prof: cProfile.Profile | None) -> None:
     if prof is not None:
-        pstats.Stats(prof).sort_stats(os.environ.get("PHX_BENCH_SORT", "tottime")).print_stats(int(os.environ.get("PHX_BENCH_LINES", "25")))
+        sort = os.environ.get("PHX_BENCH_SORT", "tottime")
+        pstats.Stats(prof).sort_stats(sort).print_stats(int(os.environ.get("PHX_BENCH_LINES", "25")))
 
 
 async def bench_size(
@@ -342,7 +372,9 @@ async def bench_size(
     t = await timed(b, repeat, app, b.app_params, to_null, profile=prof)
     show(prof)
     report(f"application message, {n} members (DS)", t, GOAL_APP_100 if n == 100 else None)
-    t = await timed(b, max(5, repeat // 10), app, b.app_params, to_qs)
+    prof = profiler(profile, f"appqs{n}")
+    t = await timed(b, max(5, repeat // 10), app, b.app_params, to_qs, profile=prof)
+    show(prof)
     report(f"application message, {n} members (DS + in-process QS)", t)
     t = await timed(b, max(5, repeat // 10), app, b.app_params, uncached)
     report(f"application message, {n} members (DS, state not cached)", t)
@@ -353,7 +385,8 @@ async def bench_size(
             prof = profiler(profile, name)
             t = await timed_concurrent(b, repeat, concurrency, sink, profile=prof)
             show(prof)
-            report(f"application message, {n} members, {concurrency} at once ({label}), per message", t)
+            extra = f", PostgreSQL backend cpu {SERVER[0] * 1000:.3f} ms" if APPLICATION[0] else ""
+            report(f"application message, {n} members, {concurrency} at once ({label}){extra}", t)
     if n < 100:
         return
     for label, sink in (("DS", to_null), ("DS + in-process QS", to_qs)):
@@ -389,8 +422,8 @@ async def main() -> None:
     ap.add_argument(
         "--profile",
         default=None,
-        help="cProfile one measurement: app<N>, capp<N> / cappqs<N> (concurrent, DS / DS + QS), add<N> or "
-        "update<N>",
+        help="cProfile one measurement: app<N> / appqs<N> (one at a time, DS / DS + QS), capp<N> / cappqs<N> "
+        "(concurrent), add<N> or update<N> (PHX_BENCH_SORT, PHX_BENCH_LINES: sort key and length)",
     )
     ap.add_argument(
         "--concurrency", type=int, default=64, help="also send application messages this many at once"
@@ -405,14 +438,15 @@ async def main() -> None:
                     f"sqlite://{tmp}/ds.db", sizes, args.repeat, args.commits, args.profile, args.concurrency
                 )
         else:
-            base = os.environ.get("PHX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+            base = POSTGRES_URL
             schema = f"bench_{secrets.token_hex(4)}"
+            APPLICATION[0] = schema
             admin = await asyncpg.connect(base)
             await admin.execute(f'CREATE SCHEMA "{schema}"')
             try:
                 sep = "&" if "?" in base else "?"
                 await run_engine(
-                    f"{base}{sep}search_path={schema}",
+                    f"{base}{sep}search_path={schema}&application_name={schema}",
                     sizes,
                     args.repeat,
                     args.commits,

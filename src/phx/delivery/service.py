@@ -50,6 +50,7 @@ from phx.errors import (
     ValidationError,
 )
 from phx.identifiers import Fqdn, GroupId
+from phx.mls.messages import MLSMessage
 from phx.privacypass import TokenClass
 from phx.queuing.fanout import GuardFailed
 from phx.queuing.messages import FanOutMessage, QueueDeleted
@@ -110,6 +111,7 @@ ROSTER_ONLY = frozenset({Operation.SEND_MESSAGE, Operation.UPDATE_QUEUE_INFO, Op
 LOCAL_ONLY = frozenset({Operation.REQUEST_GROUP_ID, Operation.CREATE_GROUP})
 DEFAULT_CACHE_BYTES = 256 << 20
 MAINTENANCE_INTERVAL = 300.0
+GROUP_KEY_CACHE = 10_000
 
 
 class TokenRedeemer(Protocol):
@@ -246,6 +248,8 @@ class DsService:
         self.cache = _Cache(cache_bytes)
         self._locks = _GroupLocks()
         self._guard = GroupGuard(self.store)
+        # MLS group id -> (group id, its encoding), for the unlocked path (a busy group sends many messages)
+        self._group_keys: dict[bytes, tuple[GroupId, bytes]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ops: dict[Operation, _Op] = {
             Operation.UPDATE_QUEUE_INFO: _Op(
@@ -428,8 +432,7 @@ class DsService:
         deliverer = sink.shared_deliverer(self.db) if isinstance(sink, LocalQsSink) else None
         if deliverer is None:
             return False
-        gid = operations.group_id_of_message(params.application_message)
-        key = gid.encode()
+        gid, key = self._group_key(params.application_message)
         cached = self.cache.peek(key)
         if cached is None:
             return False
@@ -459,6 +462,21 @@ class DsService:
         if deleted:
             await self.queue_deleted(deleted)
         return True
+
+    def _group_key(self, message: MLSMessage) -> tuple[GroupId, bytes]:
+        """The message's group id and its encoding, decoded once per MLS group id (bounded, FIFO)."""
+        private = message.private_message
+        if private is None:
+            gid = operations.group_id_of_message(message)
+            return gid, gid.encode()
+        known = self._group_keys.get(private.group_id)
+        if known is None:
+            gid = GroupId.from_mls(private.group_id)
+            known = (gid, gid.encode())
+            if len(self._group_keys) >= GROUP_KEY_CACHE:
+                del self._group_keys[next(iter(self._group_keys))]
+            self._group_keys[private.group_id] = known
+        return known
 
     # --- requests on a group -------------------------------------------------------------------------
 
