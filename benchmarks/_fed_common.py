@@ -123,6 +123,8 @@ class TimedQueues(QsQueues):
         super().__init__(qs)
         self.index_of = index_of
         self.stamps: dict[int, float] = {}
+        #: Commits that carried measured messages (how well the outbox batched).
+        self.commits = 0
         self._pending: list[int] = []
 
     async def enqueue(
@@ -137,6 +139,7 @@ class TimedQueues(QsQueues):
 
     async def after_commit(self, deliveries: Sequence[core.Delivery]) -> None:
         t = time.time()
+        self.commits += bool(self._pending)
         for i in self._pending:
             self.stamps.setdefault(i, t)
         self._pending = []
@@ -296,6 +299,10 @@ class Figures:
     bound: dict[str, float]
     delivery: str
     notes: list[str] = field(default_factory=list)
+    #: b.test commits that carried measured messages.
+    commits: int = 0
+    #: CPU seconds per second of each homeserver while idle, just before the timed phase.
+    idle: dict[str, float] = field(default_factory=dict)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -358,3 +365,13 @@ def report(f: Figures) -> None:
             f"the one-core bound is {with_auth:,.0f} msg/s, {throughput / with_auth:.0%} reached)"
         )
     print("  CPU per message: " + ", ".join(f"{k} {v / n * 1e6:.0f} us" for k, v in f.cpu.items()))
+    if f.idle:
+        print(
+            "  CPU while idle (1 s before the timed phase): "
+            + ", ".join(f"{k} {v * 1000:.0f} ms/s" for k, v in f.idle.items())
+        )
+    if f.commits:
+        print(
+            f"  b.test committed the {n} messages in {f.commits} transactions "
+            f"({n / f.commits:.1f} per commit; the outbox batches up to 200 per request)"
+        )

@@ -115,7 +115,10 @@ async def _serve(pipe: Pipe, domain: str, tmp: Path, db_url: str, ports: dict[st
             if command[0] == "watch":
                 names.update((p, i) for i, p in enumerate(command[1]))
                 pipe.send("ok")
+            elif command[0] == "cpu":
+                pipe.send(time.process_time())
             elif command[0] == "go":
+                timed.commits = 0
                 cpu0, loop0 = time.process_time(), time.thread_time()
                 if command[1]:
                     # CPU time of the event loop's thread (wall time would count the idle epoll waits).
@@ -131,7 +134,7 @@ async def _serve(pipe: Pipe, domain: str, tmp: Path, db_url: str, ports: dict[st
                     prof.disable()
                     print_profile(prof, f"{domain} profile", command[2], cpu - loop_cpu)
                     prof = None
-                pipe.send((dict(timed.stamps), cpu))
+                pipe.send((dict(timed.stamps), cpu, timed.commits))
             else:
                 break
     finally:
@@ -260,14 +263,17 @@ async def run_ds(engine: str, messages: int, window: int, rate: float, profile: 
             if result.failures:
                 raise DeliveryError(f"warm-up failed: {result.failures[:3]}")
             await b.aask("collect", WARMUP, 1)
+            idle0 = [await child.aask("cpu") for child in (a, b)]
+            await asyncio.sleep(1.0)
+            idle = [await child.aask("cpu") - c0 for child, c0 in zip((a, b), idle0, strict=True)]
             cpu_pg = await dbs.backend_cpu()
             for child in (a, b):
                 assert await child.aask("go", profile) == "ok"
             result = await load.aask("send", timed, window, rate)
             if result.failures:
                 raise DeliveryError(f"{len(result.failures)} requests failed: {result.failures[:3]}")
-            stamps, b_cpu = await b.aask("collect", total, messages)
-            _, a_cpu = await a.aask("collect", 0, messages)
+            stamps, b_cpu, commits = await b.aask("collect", total, messages)
+            _, a_cpu, _ = await a.aask("collect", 0, messages)
             cpu_pg = await dbs.backend_cpu() - cpu_pg
             measured = set(range(WARMUP, total))
             missing = measured - set(stamps)
@@ -302,6 +308,8 @@ async def run_ds(engine: str, messages: int, window: int, rate: float, profile: 
         cpu=cpu,
         bound=crypto_bound(),
         delivery=delivery,
+        commits=commits,
+        idle={"a.test": idle[0], "b.test": idle[1]},
         notes=[
             "rate limits off: federation per-domain and per-queue buckets 0 (unlimited), AS token allowance "
             f"{TOKEN_ALLOWANCE:,} per client; outbox batches of 200",

@@ -254,7 +254,7 @@ async def _child(pipe: Pipe, tmp: Path, db_url: str, n: int, profile: bool) -> N
     if prof is not None:
         prof.disable()
         print_profile(prof, "b.test profile", n, cpu - loop_cpu)
-    pipe.send((timed[0].stamps, cpu))
+    pipe.send((timed[0].stamps, cpu, timed[0].commits))
     if await asyncio.to_thread(pipe.recv) == "drain":
         pipe.send(await drain(qs, queues))
         await asyncio.to_thread(pipe.recv)
@@ -320,7 +320,7 @@ async def run_qs(args: argparse.Namespace) -> Figures:
             await sem.acquire()
             tasks.append(asyncio.create_task(submit(i)))  # created in order: the QS keeps this order
         await asyncio.gather(*tasks)
-        stamps, b_cpu = await asyncio.to_thread(ours.recv)
+        stamps, b_cpu, commits = await asyncio.to_thread(ours.recv)
         a_cpu, a_loop = time.process_time() - cpu0, time.thread_time() - loop0
         if prof is not None:
             prof.disable()
@@ -365,6 +365,7 @@ async def run_qs(args: argparse.Namespace) -> Figures:
         accepted={},
         cpu=cpu,
         bound=crypto_bound(),
+        commits=commits,
         delivery=f"OK, every queue got exactly its messages in order ({n} + {WARMUP} warm-up in each of 10)",
         notes=[
             "rate limits off: federation per-domain and per-queue buckets 0 (unlimited); "
