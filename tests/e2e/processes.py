@@ -7,7 +7,7 @@ than bound as port 0 by the server: a peer's address is written into the other c
 restarts. :class:`Homeserver` is one process: :meth:`~Homeserver.start` waits until ``GET /health``
 answers over HTTPS, :meth:`~Homeserver.kill` sends SIGKILL to its pid and reaps it. Each process runs in
 its own session so that nothing else (pytest's signals, a terminal) reaches it; :func:`homeservers`
-kills whatever is still running when the test ends.
+kills whatever is still running when the test ends, and the kernel kills it if pytest dies first.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -34,6 +35,9 @@ from phx.client.demo import free_ports
 __all__ = ["Homeserver", "Metrics", "ProcessNet", "homeservers", "wait_until", "write_configs"]
 
 PHX = Path(sys.executable).parent / "phx"
+#: A server outlives nothing: if pytest itself dies (no finalizer runs), the kernel kills it (Linux).
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV and sys.platform == "linux" else []
 START_TIMEOUT = 60.0
 
 #: Fast federation timings for tests; no federation rate limits (1,000 messages go into one queue) and
@@ -175,7 +179,7 @@ class Homeserver:
             log.write(f"--- start {self.starts} at {time.time():.3f}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(PHX), "serve", "--config", str(self.config)],
+                [*_DIE_WITH_PARENT, str(PHX), "serve", "--config", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -217,15 +221,6 @@ class Homeserver:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
 
-    async def stop(self, timeout: float = 15.0) -> None:
-        """A clean stop (SIGTERM), SIGKILL if it does not exit in time."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(AssertionError):
-                await wait_until(lambda: _exited(proc), timeout, what=f"{self.domain} to exit")
-        self.kill()
-
     async def metrics(self) -> Metrics:
         r = await self._client().get(f"{self.url}/metrics")
         assert r.status_code == 200, r.text
@@ -243,10 +238,6 @@ class Homeserver:
         for http in stale:
             with contextlib.suppress(Exception):
                 await http.aclose()
-
-
-async def _exited(proc: subprocess.Popen[bytes]) -> bool:
-    return proc.poll() is not None
 
 
 @asynccontextmanager
