@@ -1,4 +1,5 @@
-"""Guards and order keys of the fan-out deliverer (what the DS's application messages use)."""
+"""Batch features of the fan-out deliverer: guards and order keys (what the DS's application messages use),
+one forwarding call for a batch's remote fan-outs."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import Awaitable, Collection, Hashable, Sequence
 
 import pytest
 
-from phx.identifiers import GroupId
+from phx.identifiers import Fqdn, GroupId
 from phx.mls.messages import MLSMessage
 from phx.queuing.fanout import EnqueueResult, GuardFailed, PreparedFanOut
-from phx.queuing.messages import FanOutQueuePayload, QueueDeleted
+from phx.queuing.messages import ClientQueueConfig, FanOutQueuePayload, MessageContent, QueueDeleted
 from phx.storage import Connection, Database
 
 from .helpers import DOMAIN, fan_out, make_service, register
@@ -125,3 +126,40 @@ async def test_one_transaction_in_flight_per_order_key(db: Database, groups: int
     for g in range(groups):
         mine = [b for b in bodies if b % groups == g]
         assert mine == sorted(mine)
+
+
+class BatchForwarder:
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[Fqdn, list[ClientQueueConfig], MessageContent, bytes | None]]] = []
+
+    async def forward(
+        self, conn: Connection, domain: Fqdn, configs: Sequence[ClientQueueConfig], content: MessageContent
+    ) -> None:
+        raise AssertionError("forward_many is there")
+
+    async def forward_many(
+        self,
+        conn: Connection,
+        items: Sequence[tuple[Fqdn, Sequence[ClientQueueConfig], MessageContent, bytes | None]],
+    ) -> None:
+        assert await conn.fetchval("SELECT 1") == 1  # inside the fan-outs' transaction
+        self.calls.append([(d, list(c), m, e) for d, c, m, e in items])
+
+
+async def test_a_batch_forwards_its_remote_fan_outs_in_one_call(db: Database) -> None:
+    forwarder = BatchForwarder()
+    service = await make_service(db, forwarder=forwarder)
+    a = await register(service)
+    sealed = a.queue_config().sealed_config
+    rb, rc = ClientQueueConfig(Fqdn("b.test"), sealed), ClientQueueConfig(Fqdn("c.test"), sealed)
+    messages = [fan_out([rb, a.queue_config(), rc], body=b"1"), fan_out([a.queue_config()], body=b"2")]
+    messages.append(fan_out([rb], body=b"3"))
+    assert await asyncio.gather(*(service.enqueue_fan_out(m) for m in messages)) == [[], [], []]
+    [call] = forwarder.calls
+    assert [(d, c, m) for d, c, m, _ in call] == [
+        (Fqdn("b.test"), [rb], messages[0].message_content),
+        (Fqdn("c.test"), [rc], messages[0].message_content),
+        (Fqdn("b.test"), [rb], messages[2].message_content),
+    ]
+    assert all(e == m.encode() for _, _, m, e in call)
+    assert [body_of(p) for p in await a.read_queue()] == [b"1", b"2"]

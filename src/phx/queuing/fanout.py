@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,8 +74,15 @@ class RemoteForwarder(Protocol):
     ) -> None:
         """Hand ``content`` for ``configs`` (all of ``domain``) to federation, inside the fan-out's
         transaction ``conn`` (so an outbox row commits with the local deliveries, or not at all). A
-        ``QueueDeleted`` from the remote QS reaches the DS asynchronously, through federation."""
+        ``QueueDeleted`` from the remote QS reaches the DS asynchronously, through federation.
+
+        A forwarder may also offer ``forward_many(conn, items)`` (items: ``(domain, configs, content,
+        content.encode())``): a transaction's remote fan-outs then go in one call (one outbox statement)."""
         ...
+
+
+#: ``(domain, configs, content, encoded content)``: one remote fan-out for ``forward_many``.
+RemoteItem = tuple[Fqdn, Sequence[ClientQueueConfig], MessageContent, bytes | None]
 
 
 class Guard(Protocol):
@@ -105,6 +112,7 @@ class PreparedFanOut:
     group_id: GroupId
     content: MessageContent
     classified: core.Classified
+    #: The encoded FanOutQueuePayload: the 8-byte time ``now``, then ``content`` encoded.
     payload: bytes
     now: int
 
@@ -345,12 +353,28 @@ class FanOutDeliverer:
         plan = planner.finish()
         await self.store.queues.save_advances(conn, plan.advances, plan.messages, plan.rows)
         deleted: list[list[QueueDeleted]] = []
+        remote: list[RemoteItem] = []
         for f, dead in zip(fan_outs, plan.deleted, strict=True):
             unusable = f.classified.unusable
             deleted.append([QueueDeleted(c, f.group_id) for c in (*dead, *unusable)])
-            for domain, configs in f.classified.remote.items():
-                await self.forwarder.forward(conn, domain, configs, f.content)
+            if f.classified.remote:
+                encoded = f.payload[8:]
+                remote += [(d, configs, f.content, encoded) for d, configs in f.classified.remote.items()]
+        if remote:
+            await self._forward(conn, remote)
         return EnqueueResult(deleted, plan.delivered)
+
+    async def _forward(self, conn: Connection, items: list[RemoteItem]) -> None:
+        """Every remote fan-out of the transaction, in order: in one ``forward_many`` call when the
+        forwarder has it (one outbox statement for the batch), else one ``forward`` each."""
+        many: Callable[[Connection, list[RemoteItem]], Awaitable[None]] | None = getattr(
+            self.forwarder, "forward_many", None
+        )
+        if many is not None:
+            await many(conn, items)
+            return
+        for domain, configs, content, _ in items:
+            await self.forwarder.forward(conn, domain, configs, content)
 
     async def after_commit(self, deliveries: Sequence[core.Delivery]) -> None:
         """Wake live listeners, or push to clients with none (never raises for a push failure)."""
