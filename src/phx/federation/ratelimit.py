@@ -93,11 +93,17 @@ def charge_in_order(
     admitted = 0
     for keys in requests:
         distinct = keys if isinstance(keys, (set, frozenset)) else set(keys)
-        wait = max((buckets[k].wait(now) for k in distinct), default=0.0)
+        wait = 0.0
+        for k in distinct:
+            w = buckets[k].wait(now)
+            if w > wait:
+                wait = w
         if wait > 0:
             return admitted, wait
         for k in distinct:
-            buckets[k].take(now)
+            b = buckets[k]
+            if b.rate:
+                b.tokens -= 1.0  # wait() refilled it up to now and found the token
         admitted += 1
     return admitted, 0.0
 

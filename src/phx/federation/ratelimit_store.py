@@ -193,13 +193,10 @@ class InboundLimits:
             return Admission(0.0, len(messages), 0.0)
         order = sorted(wanted)
         stored = await self.store.lock(conn, order)
+        at = TokenBucket.at
+        qr, qb, dr, db = self.queue_rate, self.queue_burst, self.domain_rate, self.domain_burst
         buckets = {
-            k: TokenBucket.at(
-                self.domain_rate if k[0] == DOMAIN else self.queue_rate,
-                self.domain_burst if k[0] == DOMAIN else self.queue_burst,
-                stored.get(k, 0.0),
-                now,
-            )
+            k: at(dr, db, stored.get(k, 0.0), now) if k[0] == DOMAIN else at(qr, qb, stored.get(k, 0.0), now)
             for k in order
         }
         charged: set[Key] = set()
