@@ -300,17 +300,24 @@ class Reader:
             raise DecodeError(f"{self.end - self.pos} trailing bytes")
 
 
+#: Each WireEnum class's width (looked up on every read and write).
+_ENUM_WIDTHS: dict[type, Width] = {}
+
+
 class WireEnum(enum.IntEnum):
     """An enum on the wire. Subclasses set ``__wire_width__ = U8`` etc. (default uint16)."""
 
     @classmethod
     def wire_width(cls) -> Width:
-        w = cls.__dict__.get("__wire_width__")
-        return w if isinstance(w, Width) else U16
+        width = _ENUM_WIDTHS.get(cls)
+        if width is None:
+            w = cls.__dict__.get("__wire_width__")
+            width = _ENUM_WIDTHS[cls] = w if isinstance(w, Width) else U16
+        return width
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        v = r.uint(cls.wire_width())
+        v = r.uint(_ENUM_WIDTHS.get(cls) or cls.wire_width())
         # The members by value, looked up directly (calling the class costs several Python calls).
         member: Self | None = cls._value2member_map_.get(v)  # type: ignore[assignment]
         if member is None:

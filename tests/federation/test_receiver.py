@@ -19,6 +19,7 @@ from phx.federation.messages import (
     QsToQsMessage,
 )
 from phx.identifiers import Fqdn
+from phx.mls.messages import MLSMessage
 from phx.queuing.messages import ClientQueueConfig, FanOutMessage
 
 from .conftest import DbFactory
@@ -221,3 +222,19 @@ async def test_per_queue_rate_limit_cuts_the_batch_in_order(db_factory: DbFactor
 def test_rate_limit_config_is_what_the_receiver_uses() -> None:
     config = fast_config("b.test", rate_limit=RateLimitConfig(per_domain_rate=7, per_domain_burst=9))
     assert replace(config.federation.rate_limit).per_domain_burst == 9
+
+
+async def test_a_frame_naming_no_phoenix_group_is_refused_every_time(peer: Peer) -> None:
+    client, payload = await target(peer)
+    content = payload.message_content
+    body = content.body
+    assert isinstance(body, MLSMessage) and body.private_message is not None
+    bogus = replace(body.private_message, group_id=b"not a group id")
+    no_group = FanOutMessage(payload.client_queue_configs, replace(content, body=MLSMessage(bogus)))
+    for _ in range(2):  # the group-id cache must not remember a refusal as a group
+        res = await peer.results([peer.frame(payload), peer.frame(no_group)])
+        assert [(r.status, r.error) for r in res.results] == [
+            (MessageStatus.ACCEPTED, ""),
+            (MessageStatus.REJECTED, "no_group_id"),
+        ]
+    assert await client.bodies() == [b"hello", b"hello"]

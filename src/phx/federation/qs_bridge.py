@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from phx.identifiers import Fqdn
+from phx.codec import Writer
+from phx.identifiers import Fqdn, GroupId
 from phx.queuing import core
 from phx.queuing.fanout import PreparedFanOut
 from phx.queuing.messages import (
@@ -33,7 +34,32 @@ from phx.storage import Connection
 from .outbox_store import FederationStore
 from .policy import FederationPolicy
 
-__all__ = ["EnqueueOutcome", "LocalQueues", "OutboxForwarder", "QsQueues"]
+__all__ = ["EnqueueOutcome", "GroupIds", "LocalQueues", "OutboxForwarder", "QsQueues", "encode_fan_out"]
+
+_GROUP_ID_CACHE = 1024
+
+
+class GroupIds:
+    """``MessageContent.group_id()``, decoded once per MLS group id: a busy group sends many messages, and
+    each would otherwise decode the same id (a uuid and a domain) again. Bounded, oldest dropped first."""
+
+    def __init__(self, size: int = _GROUP_ID_CACHE) -> None:
+        self.size = size
+        self._ids: dict[bytes, GroupId] = {}
+
+    def of(self, content: MessageContent) -> GroupId:
+        """The content's group id; DecodeError if it names none."""
+        raw = content.mls_group_id()
+        if raw is None:
+            return content.group_id()
+        ids = self._ids
+        gid = ids.get(raw)
+        if gid is None:
+            gid = content.group_id()  # raises for bytes that are no Phoenix group id: never cached
+            if len(ids) >= self.size:
+                del ids[next(iter(ids))]
+            ids[raw] = gid
+        return gid
 
 
 class OutboxForwarder:
@@ -55,31 +81,53 @@ class OutboxForwarder:
         self.random = random
 
     async def forward(
-        self, conn: Connection, domain: Fqdn, configs: Sequence[ClientQueueConfig], content: MessageContent
+        self,
+        conn: Connection,
+        domain: Fqdn,
+        configs: Sequence[ClientQueueConfig],
+        content: MessageContent,
+        encoded_content: bytes | None = None,
     ) -> None:
-        await self.forward_many(conn, [(domain, configs, content)])
+        """``encoded_content``: ``content.encode()`` when the caller holds it (saves encoding it again)."""
+        await self.forward_many(conn, [(domain, configs, content, encoded_content)])
 
     async def forward_many(
         self,
         conn: Connection,
-        items: Sequence[tuple[Fqdn, Sequence[ClientQueueConfig], MessageContent]],
+        items: Sequence[tuple[Fqdn, Sequence[ClientQueueConfig], MessageContent, bytes | None]],
     ) -> None:
         """:meth:`forward` for several fan-outs of one transaction at once (one outbox statement for all:
         on SQLite a database round trip costs more than everything else forwarding does). The policy is
         checked for every destination before anything is written."""
-        for domain, _, _ in items:
+        for domain, _, _, _ in items:
             self.policy.check_outbound(domain)
         now = int(self.clock())
         rows = [
-            (domain, self.random(16), now, FanOutMessage(tuple(configs), content).encode())
-            for domain, configs, content in items
+            (domain, self.random(16), now, encode_fan_out(configs, content, encoded))
+            for domain, configs, content, encoded in items
         ]
         await self.store.enqueue_many(conn, rows)
         if self.on_enqueued is not None and conn.engine == "sqlite":
             # On SQLite the sender's claim queues behind this transaction on the single writer, so an early
             # wake-up sees the row. PostgreSQL wakes senders by NOTIFY, delivered at commit.
-            for domain in {d for d, _, _ in items}:
+            for domain in {d for d, _, _, _ in items}:
                 self.on_enqueued(domain)
+
+
+def encode_fan_out(
+    configs: Sequence[ClientQueueConfig], content: MessageContent, encoded_content: bytes | None = None
+) -> bytes:
+    """``FanOutMessage(configs, content).encode()``, reusing the content's encoding when given."""
+    if encoded_content is None:
+        return FanOutMessage(tuple(configs), content).encode()
+    w = Writer()
+    w.vector(configs, _write_config)
+    w.raw(encoded_content)
+    return w.getvalue()
+
+
+def _write_config(w: Writer, config: ClientQueueConfig) -> None:
+    config._write(w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +170,7 @@ class QsQueues:
 
     def __init__(self, service: QsService) -> None:
         self.service = service
+        self.group_ids = GroupIds()
 
     @property
     def domain(self) -> Fqdn:
@@ -152,7 +201,7 @@ class QsQueues:
                 # MessageContent}, and we hold the content's bytes.
                 content = fan_out.message_content
                 classified = deliverer.classify(fan_out.client_queue_configs)
-                p = PreparedFanOut(content.group_id(), content, classified, stamp + contents[i], now)
+                p = PreparedFanOut(self.group_ids.of(content), content, classified, stamp + contents[i], now)
             if p.classified.remote:
                 # The receiver refuses such frames; enqueue_in would hand them to the forwarder (a relay).
                 raise ValueError("a federated fan-out may only name local queues")

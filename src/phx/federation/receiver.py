@@ -53,7 +53,7 @@ from .messages import (
 from .metrics import FederationMetrics
 from .outbox_store import FederationStore, ReceivedRecord
 from .policy import FederationPolicy
-from .qs_bridge import LocalQueues
+from .qs_bridge import GroupIds, LocalQueues
 from .ratelimit_store import Admission, InboundLimits, MessageKeys
 
 __all__ = ["Receiver", "decode_queue_deleted", "encode_queue_deleted"]
@@ -120,6 +120,7 @@ class Receiver:
         self.metrics = metrics if metrics is not None else FederationMetrics()
         self.cs = cs
         self.limits = limits if limits is not None else InboundLimits(rate_limit)
+        self.group_ids = GroupIds()
 
     def _refuse(self, reason: str) -> None:
         self.metrics.refused.inc(reason=reason)
@@ -167,9 +168,10 @@ class Receiver:
         except DecodeError:
             return _Frame(_NO_ID, "decode_error")
         f = _Frame(msg.message_id)
-        if msg.source != source:
+        home = self.queues.domain.value
+        if msg.source.value != source.value:
             f.error = "wrong_source"
-        elif msg.destination != self.queues.domain:
+        elif msg.destination.value != home:
             f.error = "wrong_destination"
         elif not self.cs.verify_with_label(key, LABEL_QS_TO_QS, tbs, msg.signature, prefix=PHX_PREFIX):
             f.error = "bad_signature"
@@ -180,11 +182,11 @@ class Receiver:
             f.error = "expired"
         elif not msg.payload.client_queue_configs:
             f.error = "no_recipients"
-        elif any(c.client_homeserver_domain != self.queues.domain for c in msg.payload.client_queue_configs):
+        elif any(c.client_homeserver_domain.value != home for c in msg.payload.client_queue_configs):
             f.error = "relay_refused"
         else:
             try:
-                msg.payload.message_content.group_id()
+                self.group_ids.of(msg.payload.message_content)
             except DecodeError:
                 f.error = "no_group_id"
         if not f.error:
