@@ -237,6 +237,8 @@ async def run_ds(engine: str, messages: int, window: int, rate: float, profile: 
             children.append(a)
             b = Child(ctx, serve_child, str(B), str(tmp), urls[1], ports)
             children.append(b)
+            load = Child(ctx, _fed_load.main)  # started now: a spawned process takes a while to import
+            children.append(load)
             for child in (a, b):
                 assert await asyncio.to_thread(child.receive, 120) == "ready"
             hosts = {f"{s}.{d}": f"127.0.0.1:{p}" for d, p in ports.items() for s in ("as", "ds", "qs")}
@@ -251,8 +253,6 @@ async def run_ds(engine: str, messages: int, window: int, rate: float, profile: 
                 f"and requests prepared in {time.monotonic() - t0:.1f} s)",
                 flush=True,
             )
-            load = Child(ctx, _fed_load.main)
-            children.append(load)
             assert await load.aask("connect", ports[str(A)], f"ds.{A}", str(ca_file), MEMBERS) == "ready"
             prefixes = [ct[:PREFIX] for ct in prepared.ciphertexts]
             assert len(set(prefixes)) == total
