@@ -150,3 +150,25 @@ async def test_deleted_queues_reported_on_the_unlocked_path_become_removals(db: 
         MessageContentType.APPLICATION,
     ]
     assert texts(payloads)[-1] == ciphertext(two)
+
+
+async def test_a_message_behind_a_locked_request_waits_for_it_then_skips_the_lock(db: Database) -> None:
+    """While a locked request has the group's state out of the cache, an application message waits for
+    that request to end and then takes the unlocked path with the state it put back."""
+    h, qs, (alice, bob), (_, q_bob) = await members(db, 2)
+    service = h.service
+    key = h.group_id.encode()
+    locks = count_locks(service)
+    msg = alice.g.send(b"behind")
+    async with service._locks.hold(key):  # what a locked request does: take the state, work, put it back
+        entry = service.cache.take(key, service.cache._items[key][0].version)
+        assert entry is not None
+        task = asyncio.ensure_future(
+            h.as_member(Operation.SEND_MESSAGE, SendMessageParams(msg, h.ear_key), alice)
+        )
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        service.cache.put(key, *entry)
+    await task
+    assert locks == []
+    assert texts(await q_bob.read_queue()) == [ciphertext(msg)]

@@ -212,6 +212,9 @@ class _GroupLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    def busy(self, key: bytes) -> bool:
+        return key in self._locks
+
 
 # --- the service -------------------------------------------------------------------------------------
 
@@ -434,6 +437,12 @@ class DsService:
             return False
         gid, key = self._group_key(params.application_message)
         cached = self.cache.peek(key)
+        if cached is None and self._locks.busy(key):
+            # A locked request has the state out of the cache: wait for it (and any queued before us),
+            # then the state is most likely back.
+            async with self._locks.hold(key):
+                pass
+            cached = self.cache.peek(key)
         if cached is None:
             return False
         state, digest = cached
