@@ -10,8 +10,9 @@ a victim is killed and restarted with the same config:
 * the sender, at the worst moment: frozen (SIGSTOP) until the receiver holds a batch whose answer the
   sender has not processed (compared in the two databases), then killed; its restarted successor must send
   that batch again and have it answered as duplicates;
-* the receiver, while it is taking batches (that is where its time goes); its database must then hold
-  some of the backlog, not all.
+* the receiver, at the worst moment: frozen until it is caught inside a write transaction taking a batch
+  (its database's write lock, or PostgreSQL's row locks, are held), then killed; its database must then
+  hold some of the backlog, not all.
 
 SQLite runs each scenario; PostgreSQL runs both kills on one backlog. Every member's client finally reads
 its queue, decrypting, and must find every message of its groups exactly once, in send order; the
@@ -23,14 +24,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -38,7 +43,7 @@ import pytest
 from phx.client import Event, PhxClient
 from phx.federation.outbox_store import DestinationRow, FederationStore
 from phx.identifiers import Fqdn
-from phx.storage import open_database
+from phx.storage import open_database, sqlite_path
 from tests.fixtures.db import POSTGRES_URL, require_postgres, with_search_path
 
 from .processes import Homeserver, ProcessNet, homeservers, wait_until, write_configs
@@ -54,6 +59,10 @@ BATCH = 25
 #: checks do not depend on it being exact.
 KILL_AT = 0.3
 TIMEOUT = 120.0
+#: Attempts at freezing a victim at the worst moment: the sender (each lets one more batch through), the
+#: receiver (a few per batch).
+FREEZES = 15
+RECEIVER_FREEZES = 300
 SERVERS = ("a.test", "b.test")
 B = Fqdn("b.test")
 
@@ -324,7 +333,7 @@ async def kill_sender(
     # Freeze the sender (SIGSTOP) and let the receiver finish what it is doing: if the receiver then holds
     # more than the sender's outbox says was answered, a batch is in flight: kill now. Otherwise the
     # freeze fell between two batches: let the sender run one more batch and try again.
-    for _ in range(20):
+    for _ in range(FREEZES):
         a.pause()
         await idle(b)
         left = await outbox(urls)
@@ -367,19 +376,70 @@ async def duplicates(server: Homeserver) -> float:
 async def kill_receiver(
     b: Homeserver, urls: dict[str, str], base: int, received_before: float, *, at: float
 ) -> None:
-    """SIGKILL b.test while it is taking batches (most of its time goes into processing them), once a
-    share ``at`` of the backlog is through."""
+    """SIGKILL b.test at the worst moment, once a share ``at`` of the backlog is through: frozen (SIGSTOP)
+    inside a write transaction taking a batch, which its death must roll back."""
 
     async def accepted() -> float:
         m = await b.metrics()
         return m.get("phx_federation_received_total", status="accepted") - received_before
 
     await wait_until(lambda: more_than(accepted, MESSAGES * at), TIMEOUT, what="part of the backlog")
+    # Freeze it at random moments (a few per batch) until one falls inside a write transaction.
+    rng = random.Random(at)
+    async with write_probe(urls["b.test"]) as writing:
+        for _ in range(RECEIVER_FREEZES):
+            b.pause()
+            if await writing():
+                break
+            b.resume()
+            await asyncio.sleep(rng.uniform(0.005, 0.03))
+        else:
+            raise AssertionError("never froze the receiver inside a transaction")
     b.kill()
     # Mid-delivery, as the dead receiver's database shows: it had taken part of the backlog, not all.
     got = await received(urls) - base
     assert 0 < got < MESSAGES, got
     await b.start()
+
+
+@asynccontextmanager
+async def write_probe(url: str) -> AsyncIterator[Callable[[], Awaitable[bool]]]:
+    """Whether some connection holds a write transaction open in the database at ``url``: on SQLite, the
+    write lock (every write transaction takes it with its first statement); on PostgreSQL, a row-exclusive
+    lock on a table of the URL's schema (taken by a transaction's first INSERT/UPDATE/DELETE there)."""
+    if url.startswith("sqlite://"):
+        path = sqlite_path(url)
+
+        async def sqlite_writing() -> bool:
+            conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError as e:
+                assert "locked" in str(e), e
+                return True
+            finally:
+                conn.close()
+
+        yield sqlite_writing
+        return
+    (schema,) = parse_qs(urlsplit(url).query)["search_path"]
+    admin = await asyncpg.connect(POSTGRES_URL)
+
+    async def postgres_writing() -> bool:
+        locks = await admin.fetchval(
+            "SELECT COUNT(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND l.mode = 'RowExclusiveLock' AND l.granted",
+            schema,
+        )
+        return bool(locks)
+
+    try:
+        yield postgres_writing
+    finally:
+        await admin.close()
 
 
 async def more_than(value: Callable[[], Awaitable[float]], threshold: float) -> bool:
