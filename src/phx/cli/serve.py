@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
 from phx.config import Config, load_config
 from phx.errors import ConfigError, Unavailable
-from phx.server import Registry, Service, StartupFailed, serve
+from phx.server import Registry, Service, StartupFailed, run_event_loop, serve
 from phx.storage import Database
 
 
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(serve(config, build_services))
+        run_event_loop(serve(config, build_services))
     except (ConfigError, Unavailable, StartupFailed) as e:
         print(f"phx serve: {e}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from pathlib import Path
 from phx.config import Config, load_config
 from phx.errors import PhxError
 from phx.federation.discovery import PeerClient
-from phx.server import Registry, Service, create_app, running
+from phx.server import Registry, Service, create_app, run_event_loop, running
 from phx.storage import Database, available_services, migrate_all, open_database
 
 from .client import PhxClient
@@ -231,7 +231,7 @@ async def _main(factory: AsyncServiceFactory) -> int:
 
 def run(factory: AsyncServiceFactory = serve_factory) -> int:
     try:
-        return asyncio.run(_main(factory))
+        return run_event_loop(_main(factory))
     except (PhxError, OSError) as e:
         print(f"demo: failed: {e}", file=sys.stderr)
         return 1

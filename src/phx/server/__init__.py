@@ -5,7 +5,7 @@ from __future__ import annotations
 from .app import Service, create_app
 from .http import DEFAULT_MAX_BODY, error_response, read_body
 from .metrics import Counter, Gauge, Registry
-from .runner import ServiceFactory, StartupFailed, running, serve, uvicorn_config
+from .runner import ServiceFactory, StartupFailed, run_event_loop, running, serve, uvicorn_config
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -18,6 +18,7 @@ __all__ = [
     "create_app",
     "error_response",
     "read_body",
+    "run_event_loop",
     "running",
     "serve",
     "uvicorn_config",

@@ -26,6 +26,7 @@ from phx.storage import Database
 
 from .http import BodyLimitMiddleware, ErrorMiddleware, HttpMetrics, MetricsMiddleware, http_exception_handler
 from .metrics import CONTENT_TYPE, Registry
+from .routing import PathIndexedRouter
 
 log = logging.getLogger("phx.server")
 
@@ -111,7 +112,7 @@ def create_app(
                 except Exception:
                     log.exception("service %s failed to stop cleanly", service.name)
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(MetricsMiddleware, metrics=http_metrics),
@@ -121,3 +122,6 @@ def create_app(
         exception_handlers={HTTPException: http_exception_handler},
         lifespan=lifespan,
     )
+    # Before the first request builds the middleware stack around it.
+    app.router = PathIndexedRouter(routes, lifespan=lifespan)
+    return app
