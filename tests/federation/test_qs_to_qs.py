@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 
+from phx.config import OutboxConfig
 from phx.errors import PolicyDenied
 from phx.identifiers import Fqdn
 from phx.queuing.messages import ClientQueueConfig, FanOutMessage
@@ -118,3 +119,47 @@ async def test_forward_many_checks_every_destination_first(db_factory: DbFactory
             FanOutMessage((ok,), content).encode(),
             FanOutMessage((ok, ok), content).encode(),
         ]
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+async def test_a_backlog_flows_in_order_once_with_heads_read_at_completion(
+    db_factory: DbFactory, reuse: bool
+) -> None:
+    """A backlog of several batches: each completing transaction reads the next head (reuse), or the head
+    is too old to stand in and every attempt claims afresh; either way every message arrives once, in
+    order."""
+    router = HostRouter()
+    outbox = OutboxConfig(backoff_base=0.02, backoff_max=0.2, batch_size=4)
+    async with AsyncExitStack() as stack:
+        servers = []
+        for domain in ("a.test", "b.test"):
+            db, url = await stack.enter_async_context(db_factory(domain))
+            hs = await make_homeserver(fast_config(domain, outbox=outbox), db, router, database_url=url)
+            router.add(hs.domain, httpx.ASGITransport(app=hs.app()))
+            servers.append(hs)
+        a, b = servers
+        remote = await b.register()
+        group = new_group(A)
+        for i in range(23):  # queued before a's sender runs: a backlog of six batches
+            assert await a.qs.enqueue_fan_out(fan_out([remote.queue_config()], group, b"m%d" % i)) == []
+        for hs in servers:
+            await hs.fed.start()
+            stack.push_async_callback(hs.fed.stop)
+        sender = a.fed.sender
+        assert sender is not None
+        if not reuse:
+            sender.head_reuse = 0.0
+        expected = [b"m%d" % i for i in range(23)]
+
+        async def arrived() -> bool:
+            return len(await remote.bodies()) >= 23
+
+        await eventually(arrived)
+        await asyncio.sleep(0.1)
+        assert await remote.bodies() == expected
+        # Full heads (5 rows for batches of 4) are read at completion while 19, 15, 11 and 7 rows are left.
+        assert (sender.continued >= 1) if reuse else (sender.continued == 0)
+        async with a.db.transaction() as conn:
+            assert await conn.fetchval("SELECT COUNT(*) FROM fed_outbox") == 0
+        async with b.db.transaction() as conn:
+            assert await conn.fetchval("SELECT COUNT(*) FROM fed_received") == 23
