@@ -241,8 +241,10 @@ class FanOutDeliverer:
         self._pending.append(_Job(prepared, future, guard, key, order))
         # A finished drainer leaves the set only in a later loop step (done callbacks are scheduled), so
         # count the live ones: a job must never wait behind a drainer that has already returned.
+        # A job whose order key is in a running transaction waits for that transaction's drainer, which
+        # goes on with it: a new drainer would only find it blocked.
         live = [t for t in self._drainers if not t.done()]
-        if len(live) < self._max_drainers:
+        if len(live) < self._max_drainers and (order is None or order not in self._running):
             task = asyncio.ensure_future(self._drain())
             self._drainers.add(task)
             task.add_done_callback(self._drainers.discard)
