@@ -49,7 +49,7 @@ from _fed_common import (
 from phx.client.demo import free_ports
 from phx.config import Config, FederationConfig, HostPort, OutboxConfig, RateLimitConfig
 from phx.queuing.messages import FanOutMessage
-from phx.server import Registry, create_app, uvicorn_config
+from phx.server import Registry, create_app, run_event_loop, uvicorn_config
 from phx.server.wiring import build_homeserver
 from phx.storage import open_database
 
@@ -78,7 +78,7 @@ def bench_config(domain: str, tmp: Path, db_url: str, ports: dict[str, int]) -> 
 
 
 def serve_child(pipe: Pipe, domain: str, tmp: str, db_url: str, ports: dict[str, int]) -> None:
-    asyncio.run(_serve(pipe, domain, Path(tmp), db_url, ports))
+    run_event_loop(_serve(pipe, domain, Path(tmp), db_url, ports))
 
 
 async def _serve(pipe: Pipe, domain: str, tmp: Path, db_url: str, ports: dict[str, int]) -> None:

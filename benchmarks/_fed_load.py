@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 
+from phx.server import run_event_loop
+
 
 @dataclass
 class LoadResult:
@@ -132,4 +134,4 @@ async def _main(pipe: Pipe) -> None:
 
 
 def main(pipe: Pipe) -> None:
-    asyncio.run(_main(pipe))
+    run_event_loop(_main(pipe))

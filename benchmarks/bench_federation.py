@@ -86,7 +86,7 @@ from phx.queuing.messages import (  # noqa: E402
 )
 from phx.queuing.routes import qs_routes  # noqa: E402
 from phx.queuing.service import QsService  # noqa: E402
-from phx.server import Registry, create_app, uvicorn_config  # noqa: E402
+from phx.server import Registry, create_app, run_event_loop, uvicorn_config  # noqa: E402
 from phx.storage import Database, migrate, open_database  # noqa: E402
 
 WARMUP = 20
@@ -224,7 +224,7 @@ async def drain(qs: QsService, queues: list[Queue]) -> list[list[int]]:
 
 
 def child(pipe: Pipe, tmp: str, db_url: str, n: int, profile: bool) -> None:
-    asyncio.run(_child(pipe, Path(tmp), db_url, n, profile))
+    run_event_loop(_child(pipe, Path(tmp), db_url, n, profile))
 
 
 async def _child(pipe: Pipe, tmp: Path, db_url: str, n: int, profile: bool) -> None:
@@ -393,9 +393,9 @@ def main() -> None:
         if args.entry == "ds":
             from _fed_ds import run_ds
 
-            figures = asyncio.run(run_ds(args.engine, args.messages, args.window, args.rate, args.profile))
+            figures = run_event_loop(run_ds(args.engine, args.messages, args.window, args.rate, args.profile))
         else:
-            figures = asyncio.run(run_qs(args))
+            figures = run_event_loop(run_qs(args))
     except DeliveryError as e:
         print(f"bench-federation: FAILED: {e}", file=sys.stderr)
         sys.exit(1)
