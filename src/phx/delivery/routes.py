@@ -13,15 +13,13 @@ reports from federated QSs) has no authentication; mount it only where the local
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from phx.errors import BadRequest
 from phx.queuing.messages import LocalEnqueueResponse
-from phx.server.http import read_body
+from phx.server.http import OctetEndpoint, read_body
 
 from .messages import Operation
 from .service import DsService
@@ -43,15 +41,11 @@ BODY_LIMITS: dict[Operation, int] = {
 LOCAL_LIMIT = 4 << 20
 
 
-def _endpoint(service: DsService, op: Operation) -> Callable[[Request], Awaitable[Response]]:
-    limit = BODY_LIMITS.get(op, DEFAULT_BODY_LIMIT)
+def _endpoint(service: DsService, op: Operation) -> OctetEndpoint:
+    async def handle(body: bytes) -> bytes:
+        return await service.handle(op.value, body)
 
-    async def endpoint(request: Request) -> Response:
-        body = await read_body(request, limit)
-        answer = await service.handle(op.value, body)
-        return Response(answer, media_type=OCTETS)
-
-    return endpoint
+    return OctetEndpoint(handle, BODY_LIMITS.get(op, DEFAULT_BODY_LIMIT))
 
 
 def ds_routes(service: DsService) -> list[BaseRoute]:

@@ -60,9 +60,13 @@ class _Metric:
             self._values[()] = 0.0
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {list(self.labelnames)}, got {sorted(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
+        # As many labels as names and every name present is the same set, without building sets per call.
+        if len(labels) == len(self.labelnames):
+            try:
+                return tuple([str(labels[n]) for n in self.labelnames])
+            except KeyError:
+                pass
+        raise ValueError(f"{self.name} takes labels {list(self.labelnames)}, got {sorted(labels)}")
 
     def get(self, **labels: str) -> float:
         return self._values.get(self._key(labels), 0.0)
