@@ -213,12 +213,12 @@ async def send_all(chat: Chat) -> None:
     await asyncio.gather(*(run(gid, g) for gid, g in chat.groups.items()))
 
 
-async def count(url: str, sql: str, arg: str) -> int:
+async def count(url: str, sql: str, *args: str) -> int:
     """A count read straight from a homeserver's database (final once its process is dead)."""
     db = await open_database(url)
     try:
         async with db.transaction(readonly=True) as conn:
-            return int(await conn.fetchval(sql, arg))
+            return int(await conn.fetchval(sql, *args))
     finally:
         await db.close()
 
@@ -231,6 +231,11 @@ async def outbox(urls: dict[str, str]) -> int:
 async def received(urls: dict[str, str]) -> int:
     """Messages from a.test that b.test has recorded (and enqueued, in the same transaction)."""
     return await count(urls["b.test"], "SELECT COUNT(*) FROM fed_received WHERE source = $1", "a.test")
+
+
+async def queued(urls: dict[str, str]) -> int:
+    """Items ever put into b.test's queues: the sum of their next sequence numbers."""
+    return await count(urls["b.test"], "SELECT COALESCE(SUM(next_sequence), 0) FROM qs_queues")
 
 
 async def destination(url: str, *, reset: bool = False) -> DestinationRow:
@@ -288,6 +293,7 @@ async def kill_mid_delivery(
     # The set-up's own traffic is through; b.test hangs (SIGSTOP) and a backlog builds up for it.
     await wait_until(outbox_empty, TIMEOUT, what="the set-up's deliveries")
     base = await received(urls)
+    queued_before = await queued(urls)
     received_before = (await b.metrics()).get("phx_federation_received_total", status="accepted")
     b.pause()
     await send_all(chat)
@@ -316,6 +322,7 @@ async def kill_mid_delivery(
     # the receiver recorded each message exactly once.
     await wait_until(outbox_empty, TIMEOUT, what="a.test's outbox to drain")
     assert await received(urls) - base == MESSAGES
+    assert await queued(urls) - queued_before == MESSAGES  # bob's queue: each message once, nothing else
     row = await destination(urls["a.test"])
     assert row.dropped_total == 0, row
 
