@@ -310,3 +310,26 @@ def test_nested_vectors_round_trip() -> None:
     raw = g.encode()
     assert raw[:2] == encode_varint(len(raw) - 2)
     assert Grid.decode(raw) == g
+
+
+def test_inline_opaque_reads_keep_every_check() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Pair(Struct):
+        a: bytes
+        b: Annotated[bytes, MaxLen(100)]
+        n: Annotated[int, U8]
+
+    long = bytes(range(80))
+    raw = encode_varint(80) + long + b"\x01z" + b"\x07"
+    assert Pair.decode(raw) == Pair(long, b"z", 7)
+    assert Pair.decode(memoryview(raw)) == Pair(long, b"z", 7)
+    with pytest.raises(DecodeError, match="non-minimal"):
+        Pair.decode(b"\x40\x01x\x01z\x07")
+    with pytest.raises(DecodeError, match="past its buffer"):
+        Pair.decode(b"\x01x\x05z\x07")
+    with pytest.raises(DecodeError, match="limit of 100"):
+        Pair.decode(b"\x00" + encode_varint(101) + bytes(101) + b"\x07")
+    with pytest.raises(DecodeError, match="truncated"):
+        Pair.decode(b"\x01x")
+    with pytest.raises(DecodeError, match="trailing"):
+        Pair.decode(raw + b"\x00")

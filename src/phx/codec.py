@@ -405,12 +405,17 @@ def _write_struct(w: Writer, v: Struct) -> None:
     v._write(w)
 
 
+#: Marks an opaque field in _field_source's answer (followed by its limit, if any).
+_INLINE_OPAQUE = "#opaque:"
+
+
 def _field_source(
     name: str, tp: Any, write: _Write, read: _Read, i: int, env: dict[str, Any]
 ) -> tuple[str, str]:
-    """Python source reading (an expression over ``r``) and writing (a statement writing ``v`` to ``w``)
-    one field, for the code :func:`_generate` builds: direct calls for the common kinds, the field's
-    closures otherwise. Names the source uses go into ``env``."""
+    """Python source reading (an expression over ``r``, or :data:`_INLINE_OPAQUE` and the limit for an
+    opaque field) and writing (a statement writing ``v`` to ``w``) one field, for the code
+    :func:`_generate` builds: direct calls for the common kinds, the field's closures otherwise. Names the
+    source uses go into ``env``."""
     meta: tuple[Any, ...] = ()
     if get_origin(tp) is typing.Annotated:
         tp, *rest = get_args(tp)
@@ -424,7 +429,8 @@ def _field_source(
         env[f"_u{i}"] = width
         return f"r.uint(_u{i})", f"w.uint(_u{i}, v.{name})"
     if tp is bytes and fixed is None:
-        return f"r.opaque({maxlen.limit if maxlen else None})", f"w.opaque(v.{name})"
+        # A marker instead of an expression: _generate reads opaque fields inline.
+        return f"{_INLINE_OPAQUE}{maxlen.limit if maxlen else ''}", f"w.opaque(v.{name})"
     if tp is bytes and fixed is not None:
         return f"r.take({fixed.size})", closures[1]
     if isinstance(tp, type) and issubclass(tp, WireEnum):
@@ -440,18 +446,57 @@ def _generate(cls: type[Struct]) -> tuple[Callable[..., Any], Callable[..., Any]
     """``_read`` (a classmethod function) and ``_write`` for a declarative struct, as straight-line code:
     no per-field loop, lambda or plan lookup at run time (the codec's cost is mostly Python calls)."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    env: dict[str, Any] = {"_owner": cls, "_generic_read": _generic_read, "_generic_write": _generic_write}
+    env: dict[str, Any] = {
+        "_owner": cls,
+        "_generic_read": _generic_read,
+        "_generic_write": _generic_write,
+        "_decode_varint": decode_varint,
+        "_DecodeError": DecodeError,
+    }
     reads, writes = [], []
     for i, (name, write, read) in enumerate(cls._compile()):
         rd, wr = _field_source(name, hints[name], write, read, i, env)
         reads.append(rd)
         writes.append(wr)
+    # Reading: opaque fields are read inline (Reader.opaque's steps and checks, on a local position that
+    # is synchronised with the reader around every other field's call).
+    lines = ["def _read(cls, r):", "    if cls is not _owner:", "        return _generic_read(cls, r)"]
+    if any(rd.startswith(_INLINE_OPAQUE) for rd in reads):
+        lines.append("    data = r.data; end = r.end")
+    local = False
+    for i, rd in enumerate(reads):
+        if not rd.startswith(_INLINE_OPAQUE):
+            if local:
+                lines.append("    r.pos = pos")
+                local = False
+            lines.append(f"    a{i} = {rd}")
+            continue
+        if not local:
+            lines.append("    pos = r.pos")
+            local = True
+        limit = rd[len(_INLINE_OPAQUE) :]
+        lines += [
+            "    if pos < end and data[pos] < 0x40:",
+            "        n = data[pos]; pos += 1",
+            "    else:",
+            "        n, pos = _decode_varint(data, pos, end)",
+            "    if n > end - pos:",
+            "        r.pos = pos",
+            '        raise _DecodeError(f"vector of {n} bytes runs past its buffer")',
+        ]
+        if limit:
+            lines += [
+                f"    if n > {int(limit)}:",
+                "        r.pos = pos",
+                '        raise _DecodeError(f"vector of {n} bytes exceeds its limit of ' + limit + '")',
+            ]
+        lines += [f"    a{i} = bytes(data[pos : pos + n]); pos += n"]
+    if local:
+        lines.append("    r.pos = pos")
+    lines.append(f"    return _owner({', '.join(f'a{i}' for i in range(len(reads)))})")
     body = "".join(f"    {wr}\n" for wr in writes)
     src = (
-        "def _read(cls, r):\n"
-        "    if cls is not _owner:\n"
-        "        return _generic_read(cls, r)\n"
-        f"    return _owner({', '.join(reads)})\n"
+        "\n".join(lines) + "\n"
         "def _write(v, w):\n"
         "    if type(v) is not _owner:\n"
         "        return _generic_write(v, w)\n"
