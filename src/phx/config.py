@@ -234,6 +234,12 @@ def _listen_host(v: Any, path: str, _: _Ctx) -> str:
     return _host(v, path)
 
 
+def _instance_name(v: Any, path: str, _: _Ctx) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9._:@/-]{0,200}", v):
+        raise ConfigError(f"{path}: expected up to 200 of A-Z a-z 0-9 . _ : @ / -")
+    return v
+
+
 def _host_port(v: Any, path: str) -> HostPort:
     if not isinstance(v, str):
         raise ConfigError(f'{path}: expected "host:port"')
@@ -421,6 +427,11 @@ class FederationConfig:
     """How long fetched peer keys (AS credentials, QS verifying keys) are cached. Default ``1h``."""
     dedup_retention: int = _opt(2 * DAY, _duration(FEDERATION_RETRY_WINDOW))
     """How long delivered message ids are remembered to drop retries; at least ``24h``. Default ``48h``."""
+    instance_name: str = _opt("", _instance_name)
+    """Name this instance holds sending leases under, the same across its restarts and unique among the
+    live instances sharing a PostgreSQL database (e.g. the host name). A restarted instance then resumes
+    its deliveries at once instead of waiting for its old leases to lapse. Default empty: a new random
+    name per process. Not needed on SQLite (one instance; leases are cleared at start)."""
     outbox: OutboxConfig = _section(OutboxConfig)
     rate_limit: RateLimitConfig = _section(RateLimitConfig)
 

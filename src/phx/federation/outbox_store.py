@@ -256,6 +256,13 @@ class FederationStore:
             "UPDATE fed_destinations SET lease_owner = NULL, lease_until_ms = 0 WHERE lease_owner = $1", owner
         )
 
+    async def release_every_lease(self, conn: Connection) -> None:
+        """Forget every sending lease: for a database only one instance uses (SQLite), at its start, so the
+        leases of a killed predecessor do not hold its backlog until they lapse."""
+        await conn.execute(
+            "UPDATE fed_destinations SET lease_owner = NULL, lease_until_ms = 0 WHERE lease_owner IS NOT NULL"
+        )
+
     async def contacted(self, conn: Connection, destination: Fqdn, now_ms: int) -> bool:
         """The peer reached us: end its back-off (for every instance). True if it was backing off."""
         changed = await conn.execute(

@@ -108,7 +108,7 @@ class FederationService:
         )
         self.forwarder = OutboxForwarder(self.store, self.policy, clock, self._enqueued)
         self._rng = rng
-        self._owner = owner
+        self._owner = owner if owner is not None else (config.federation.instance_name or None)
         self._sink = sink
         self._database_url = database_url if database_url is not None else config.server.database_url
         self._poll_interval = poll_interval
@@ -197,6 +197,10 @@ class FederationService:
         if self.sender is None:
             raise RuntimeError("FederationService.bind(qs) must be called before start()")
         sender = self.sender
+        if self.db.engine == "sqlite":
+            # One process per SQLite database: any lease left is a killed predecessor's.
+            async with self.db.transaction() as conn:
+                await self.store.release_every_lease(conn)
         if self.db.engine == "postgres":
 
             def woken(payload: str) -> None:
