@@ -102,6 +102,8 @@ def write_configs(directory: Path, database_urls: Mapping[str, str], *, batch_si
             'log_level = "warning"',
             "",
             "[federation]",
+            # One instance per domain here: its name stays across restarts, as an operator would set it.
+            f"instance_name = {_toml_str(domain + '-1')}",
             f"ca_file = {_toml_str(str(setup.ca_file))}",
             'connect_timeout = "2s"',
             'request_timeout = "10s"',
