@@ -83,11 +83,9 @@ def _has_code(sql: str) -> bool:
 class SqliteConnection(Connection):
     engine: Engine = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection, begin: str | None = None) -> None:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._state = "open"  # open | failed | closed
-        # The transaction's BEGIN, not sent yet: it goes with the first statement (one trip less).
-        self._begin = begin
 
     async def _guard(self, op: Callable[[], Awaitable[_T]]) -> _T:
         if self._state != "open":
@@ -122,15 +120,7 @@ class SqliteConnection(Connection):
         # aiosqlite's own queue (FIFO with every other operation on the connection, which _rollback
         # relies on); the function gets the sqlite3 connection on the worker thread.
         raw: Any = self._conn
-        begin, self._begin = self._begin, None
-        if begin is not None:
-            return cast(Awaitable[_T], raw._execute(_begin_then, begin, fn, raw._conn, sql, args))
         return cast(Awaitable[_T], raw._execute(fn, raw._conn, sql, args))
-
-    @property
-    def begun(self) -> bool:
-        """Whether the transaction's BEGIN was sent (with a first statement)."""
-        return self._begin is None
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
@@ -138,7 +128,12 @@ class SqliteConnection(Connection):
 
     async def execute_script(self, sql: str) -> None:
         # Not executescript(): it COMMITs the open transaction first, which would break migrations' atomicity.
-        await self._guard(lambda: self._call(_run_script, sql, ()))
+        async def run() -> None:
+            for statement in split_script(sql):
+                cur = await self._conn.execute(statement)
+                await cur.close()
+
+        await self._guard(run)
 
     def _close(self) -> None:
         self._state = "closed"
@@ -228,7 +223,12 @@ class SqliteDatabase(Database):
         if query_only:
             await raw.execute("PRAGMA query_only = ON")
         try:
-            conn = SqliteConnection(raw, begin)
+            try:
+                await raw.execute(begin)
+            except BaseException:
+                await _rollback(raw)
+                raise
+            conn = SqliteConnection(raw)
             try:
                 yield conn
             except BaseException:
@@ -236,12 +236,11 @@ class SqliteDatabase(Database):
                 await _rollback(raw)
                 raise
             conn._close()
-            if conn.begun:  # else no statement ran: nothing to commit
-                try:
-                    await raw.execute("COMMIT")
-                except BaseException:
-                    await _rollback(raw)
-                    raise
+            try:
+                await raw.execute("COMMIT")
+            except BaseException:
+                await _rollback(raw)
+                raise
         finally:
             if query_only:
                 await raw.execute("PRAGMA query_only = OFF")
@@ -264,18 +263,6 @@ class SqliteDatabase(Database):
             # Take the lock so a running write transaction finishes before the connection goes away.
             async with self._write_lock:
                 await self._writer.close()
-
-
-def _begin_then(
-    begin: str, fn: Callable[[sqlite3.Connection, str, Any], _T], raw: sqlite3.Connection, sql: str, args: Any
-) -> _T:
-    raw.execute(begin).close()
-    return fn(raw, sql, args)
-
-
-def _run_script(raw: sqlite3.Connection, sql: str, args: Any) -> None:
-    for statement in split_script(sql):
-        raw.execute(statement).close()
 
 
 def _execute(raw: sqlite3.Connection, sql: str, args: Any) -> int:
