@@ -318,3 +318,30 @@ def test_deferred_adopts_anothers_backoff_and_probes() -> None:
     assert d.probe_at is not None and d.probe_at <= 25
     with pytest.raises(RuntimeError):
         ob.deferred(B, failures=4, retry_at=300.0, now=10.0)
+
+
+def test_linger_after_a_batch_that_was_not_full_but_not_after_a_full_one() -> None:
+    ob = box(policy=OutboxPolicy(batch_size=100, linger=0.02))
+    ob.enqueued(B, 0.0)
+    ob.next_due(0.0)
+    ob.enqueued(B, 0.5)  # more arrives while 3 are in flight
+    ob.result(B, Result(ResultKind.SUCCESS, removed=3), 1.0)
+    assert ob.next_due(1.0) == [] and ob.next_due(1.019) == []
+    assert ob.get_timer(1.0) == pytest.approx(1.02)
+    (due,) = ob.next_due(1.02)
+    assert due.domain == B
+    ob.result(B, Result(ResultKind.SUCCESS, removed=100, more=True), 2.0)
+    assert [d.domain for d in ob.next_due(2.0)] == [B]  # a full batch: the next one at once
+    ob.result(B, Result(ResultKind.SUCCESS, removed=1), 3.0)  # idle now
+    ob.enqueued(B, 3.005)  # a new message right after a small batch also waits out the linger
+    assert ob.next_due(3.005) == [] and ob.get_timer(3.005) == pytest.approx(3.02)
+    assert [d.domain for d in ob.next_due(3.02)] == [B]
+
+
+def test_no_linger_by_default() -> None:
+    ob = box()
+    ob.enqueued(B, 0.0)
+    ob.next_due(0.0)
+    ob.enqueued(B, 0.5)
+    ob.result(B, Result(ResultKind.SUCCESS, removed=3), 1.0)
+    assert [d.domain for d in ob.next_due(1.0)] == [B]

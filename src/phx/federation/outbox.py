@@ -150,12 +150,17 @@ class OutboxPolicy:
     probe_interval: float = 15.0
     #: How long a destination leased by another instance is left alone before we look again.
     lease_recheck: float = 5.0
+    #: After a batch that was not full, the next attempt to that destination waits this long (fuller
+    #: batches under a steady trickle); a full batch is followed at once.
+    linger: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.backoff_base <= self.backoff_max:
             raise ValueError("need 0 < backoff_base <= backoff_max")
         if self.batch_size < 1 or self.batch_bytes < 1 or self.max_age <= 0 or self.probe_interval <= 0:
             raise ValueError("batch_size, batch_bytes, max_age and probe_interval must be positive")
+        if self.linger < 0:
+            raise ValueError("linger must not be negative")
 
 
 class ResultKind(enum.Enum):
@@ -204,6 +209,8 @@ class Destination:
     sent: int = 0
     #: The last result is being persisted: nothing new starts until :meth:`Outbox.settled`.
     settling: bool = False
+    #: READY, but no full attempt before this (the linger after a batch that was not full).
+    not_before: float = 0.0
 
     def _move(self, event: Event, new: DestinationState) -> None:
         allowed = TRANSITIONS.get((self.state, event))
@@ -296,6 +303,8 @@ class Outbox:
                 continue
             self._timer(d, now)
             if d.state == DestinationState.READY:
+                if d.not_before > now:
+                    continue
                 d._move(Event.START, DestinationState.SENDING)
                 d.dirty = False
                 out.append(Due(d.domain, False, d.batch_limit))
@@ -320,7 +329,7 @@ class Outbox:
             if d.settling:
                 continue
             if d.state == DestinationState.READY:
-                t = now
+                t = max(now, d.not_before)
             elif d.state in (DestinationState.THROTTLED, DestinationState.ELSEWHERE):
                 t = d.retry_at
             elif d.state == DestinationState.BACKOFF:
@@ -345,6 +354,8 @@ class Outbox:
         d.dirty = False
         kind = result.kind
         if kind == ResultKind.SUCCESS:
+            full = result.removed >= d.batch_limit
+            d.not_before = 0.0 if full else now + self.policy.linger
             d.failures = 0
             d.retry_at = 0.0
             d.probe_at = None

@@ -105,6 +105,7 @@ class FederationService:
             batch_size=out.batch_size,
             max_age=out.max_age,
             probe_interval=probe_interval,
+            linger=out.linger,
         )
         self.forwarder = OutboxForwarder(self.store, self.policy, clock, self._enqueued)
         self._rng = rng
