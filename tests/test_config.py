@@ -196,12 +196,15 @@ def test_duration_rejections() -> None:
         "federation.dedup_retention", rest='[federation]\ndedup_retention = "23h"'
     )
     assert "at most 1d" in rejects("federation.outbox.max_age", rest='[federation.outbox]\nmax_age = "25h"')
-    assert "positive duration" in rejects(
+    assert "duration from more than 0" in rejects(
         "federation.connect_timeout", rest="[federation]\nconnect_timeout = 0"
     )
-    assert "positive duration" in rejects(
+    assert "duration from more than 0" in rejects(
         "federation.outbox.backoff_base", rest="[federation.outbox]\nbackoff_base = -1"
     )
+    assert "from 0 to 1s" in rejects("federation.outbox.linger", rest='[federation.outbox]\nlinger = "2s"')
+    assert "from 0 to 1s" in rejects("federation.outbox.linger", rest="[federation.outbox]\nlinger = -1")
+    assert cfg(rest="[federation.outbox]\nlinger = 0").federation.outbox.linger == 0
 
 
 # --- structural rejections ---------------------------------------------------------------------------

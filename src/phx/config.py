@@ -129,31 +129,23 @@ def _duration(min_s: float = 1, max_s: float | None = None) -> Parser:
     return parse
 
 
-def _seconds() -> Parser:
-    """Fractional seconds (``float``), greater than zero."""
+def _seconds(*, zero: bool = False, max_s: float | None = None) -> Parser:
+    """Fractional seconds (``float``), greater than zero (or at least zero with ``zero``), at most
+    ``max_s``."""
+    low = "0" if zero else "more than 0"
+    bounds = f"from {low}" if max_s is None else f"from {low} to {_fmt_duration(max_s)}"
+    expected = f'expected a duration {bounds} (seconds, or a string like "500ms")'
 
     def parse(v: Any, path: str, _: _Ctx) -> float:
-        expected = 'expected a positive duration (seconds, or a string like "500ms")'
         try:
             seconds = parse_duration(v)
         except ValueError:
             raise ConfigError(f"{path}: {expected}") from None
-        if seconds <= 0:
+        if seconds < 0 or (seconds == 0 and not zero) or (max_s is not None and seconds > max_s):
             raise ConfigError(f"{path}: {expected}")
         return seconds
 
     return parse
-
-
-def _linger(v: Any, path: str, _: _Ctx) -> float:
-    expected = 'expected a duration from 0 to 1s (seconds, or a string like "20ms")'
-    try:
-        seconds = parse_duration(v)
-    except ValueError:
-        raise ConfigError(f"{path}: {expected}") from None
-    if not 0 <= seconds <= 1:
-        raise ConfigError(f"{path}: {expected}")
-    return seconds
 
 
 def _range(v: float, lo: float | None, hi: float | None, path: str, fmt: Callable[[float], str]) -> None:
@@ -392,7 +384,7 @@ class OutboxConfig:
     """Ceiling of the retry delay. Default ``10m``."""
     batch_size: int = _opt(100, _int(1, 10_000))
     """Messages taken from the outbox per delivery round. Default 100."""
-    linger: float = _opt(0.02, _linger)
+    linger: float = _opt(0.02, _seconds(zero=True, max_s=1))
     """After a batch that was not full, wait this long before the next one to the same destination, so
     that a steady trickle travels in fuller batches (fewer requests and transactions on both sides). A
     full batch is followed at once. ``0`` disables it. Default ``20ms``."""
