@@ -333,8 +333,10 @@ _Read = Callable[[Reader], Any]
 T = TypeVar("T")
 
 
-def _codec_for(tp: Any, owner: type) -> tuple[_Write, _Read]:
-    """Build the (write, read) pair for one annotation."""
+def _split_annotation(
+    tp: Any,
+) -> tuple[Any, tuple[Any, ...], Width | None, Fixed | None, MaxLen | None]:
+    """An annotation's type, its metadata and the wire markers among them (``Annotated[int, U16]``)."""
     meta: tuple[Any, ...] = ()
     if get_origin(tp) is typing.Annotated:
         tp, *rest = get_args(tp)
@@ -342,6 +344,12 @@ def _codec_for(tp: Any, owner: type) -> tuple[_Write, _Read]:
     width = next((m for m in meta if isinstance(m, Width)), None)
     fixed = next((m for m in meta if isinstance(m, Fixed)), None)
     maxlen = next((m for m in meta if isinstance(m, MaxLen)), None)
+    return tp, meta, width, fixed, maxlen
+
+
+def _codec_for(tp: Any, owner: type) -> tuple[_Write, _Read]:
+    """Build the (write, read) pair for one annotation."""
+    tp, meta, width, fixed, maxlen = _split_annotation(tp)
     limit = maxlen.limit if maxlen else None
     origin = get_origin(tp)
 
@@ -416,13 +424,7 @@ def _field_source(
     opaque field) and writing (a statement writing ``v`` to ``w``) one field, for the code
     :func:`_generate` builds: direct calls for the common kinds, the field's closures otherwise. Names the
     source uses go into ``env``."""
-    meta: tuple[Any, ...] = ()
-    if get_origin(tp) is typing.Annotated:
-        tp, *rest = get_args(tp)
-        meta = tuple(rest)
-    width = next((m for m in meta if isinstance(m, Width)), None)
-    fixed = next((m for m in meta if isinstance(m, Fixed)), None)
-    maxlen = next((m for m in meta if isinstance(m, MaxLen)), None)
+    tp, _, width, fixed, maxlen = _split_annotation(tp)
     env[f"_w{i}"], env[f"_r{i}"] = write, read
     closures = f"_r{i}(r)", f"_w{i}(w, v.{name})"
     if tp is int and width is not None:
