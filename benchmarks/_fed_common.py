@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import trustme
 import uvicorn
+from _pg_cpu import backend_cpu as pg_backend_cpu
 
 from phx.crypto import PHX_PREFIX, SUITE_1
 from phx.federation.messages import LABEL_QS_TO_QS, QsToQsMessage
@@ -81,25 +82,8 @@ class Databases:
         return [f"{POSTGRES_URL}{sep}search_path={s}&application_name={s}" for s in self.schemas]
 
     async def backend_cpu(self) -> float:
-        """CPU seconds (user + system) used so far by this run's PostgreSQL backends (0 on SQLite or
-        without a readable /proc; backends that ended are not counted)."""
-        if not self.schemas:
-            return 0.0
-        admin = await asyncpg.connect(POSTGRES_URL)
-        try:
-            rows = await admin.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1::text[])", self.schemas
-            )
-        finally:
-            await admin.close()
-        total = 0
-        for row in rows:
-            try:
-                fields = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / os.sysconf("SC_CLK_TCK")
+        """CPU seconds used so far by this run's PostgreSQL backends (0 on SQLite)."""
+        return await pg_backend_cpu(POSTGRES_URL, self.schemas)
 
     async def drop(self) -> None:
         if not self.schemas:

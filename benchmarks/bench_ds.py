@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import asyncpg  # noqa: E402
+from _pg_cpu import backend_cpu as pg_backend_cpu  # noqa: E402
 
 from phx.codec import Struct  # noqa: E402
 from phx.config import DsConfig, QsConfig  # noqa: E402
@@ -297,24 +298,9 @@ SERVER = [0.0]
 
 
 async def backend_cpu() -> float:
-    """CPU seconds (user + system) used so far by this run's PostgreSQL backends, from /proc (0 on SQLite
-    or when /proc is not readable)."""
+    """CPU seconds used so far by this run's PostgreSQL backends (0 on SQLite)."""
     name = APPLICATION[0]
-    if name is None:
-        return 0.0
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        pids = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1", name)
-    finally:
-        await admin.close()
-    total = 0
-    for row in pids:
-        try:
-            fields = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return await pg_backend_cpu(POSTGRES_URL, [name] if name is not None else [])
 
 
 def report(name: str, seconds: float, goal: float | None = None) -> None:

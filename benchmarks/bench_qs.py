@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import asyncpg  # noqa: E402
+from _pg_cpu import backend_cpu as pg_backend_cpu  # noqa: E402
 
 from phx.config import QsConfig  # noqa: E402
 from phx.crypto import SUITE_1  # noqa: E402
@@ -106,25 +107,8 @@ async def run(
 
 
 async def backend_cpu(application_name: str | None) -> float:
-    """CPU seconds (user + system) used so far by the PostgreSQL backends of this run, from /proc (0 when
-    not on PostgreSQL or /proc is not readable). Backends that ended in between are not counted."""
-    if application_name is None:
-        return 0.0
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        pids = await admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
-        )
-    finally:
-        await admin.close()
-    total = 0
-    for row in pids:
-        try:
-            fields = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
+    """CPU seconds used so far by this run's PostgreSQL backends (0 when not on PostgreSQL)."""
+    return await pg_backend_cpu(POSTGRES_URL, [application_name] if application_name is not None else [])
 
 
 async def bench_engine(engine: str, args: argparse.Namespace) -> None:
