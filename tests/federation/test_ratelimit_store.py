@@ -20,7 +20,7 @@ from phx.identifiers import Fqdn
 from phx.storage import Database, migrate, open_database
 
 from .conftest import DbFactory
-from .helpers import HostRouter, fan_out, fast_config, make_homeserver, new_group
+from .helpers import Client, HostRouter, fan_out, fast_config, make_homeserver, new_group
 
 A, C = Fqdn("a.test"), Fqdn("c.test")
 T0 = 1_000_000.0
@@ -214,22 +214,24 @@ async def two_instances(
     return TwoInstances(a, instances[0], instances[1], http, now)
 
 
+async def rounds_over_both(hs: TwoInstances, client: Client) -> AsyncIterator[list[httpx.Response]]:
+    """Eight rounds a second apart, each sending six one-frame batches at once, three to each instance."""
+    group = new_group(A)
+    for step in range(8):
+        if step:
+            hs.now[0] += 1.0
+        frames = [hs.frame(fan_out([client.queue_config()], group, b"s%d" % step).encode()) for _ in range(6)]
+        yield list(await asyncio.gather(*(hs.post(i % 2, [f]) for i, f in enumerate(frames))))
+
+
 async def test_two_receivers_admit_the_configured_domain_rate_together(db_factory: DbFactory) -> None:
     async with AsyncExitStack() as stack:
         hs = await two_instances(
             db_factory, stack, RateLimitConfig(per_domain_rate=1, per_domain_burst=2, per_queue_rate=0)
         )
         client = await hs.b1.register()
-        group = new_group(A)
         admitted = 0
-        for step in range(8):
-            if step:
-                hs.now[0] += 1.0
-            # Three requests to each instance at once.
-            frames = [
-                hs.frame(fan_out([client.queue_config()], group, b"s%d" % step).encode()) for _ in range(6)
-            ]
-            responses = await asyncio.gather(*(hs.post(i % 2, [f]) for i, f in enumerate(frames)))
+        async for responses in rounds_over_both(hs, client):
             assert {r.status_code for r in responses} <= {200, 429}
             admitted += sum(r.status_code == 200 for r in responses)
         # The burst at the start, then one per second: 2 + 7, not twice that.
@@ -249,15 +251,8 @@ async def test_two_receivers_admit_the_configured_queue_rate_together(db_factory
             db_factory, stack, RateLimitConfig(per_domain_rate=0, per_queue_rate=1, per_queue_burst=2)
         )
         client = await hs.b1.register()
-        group = new_group(A)
         accepted = 0
-        for step in range(8):
-            if step:
-                hs.now[0] += 1.0
-            frames = [
-                hs.frame(fan_out([client.queue_config()], group, b"s%d" % step).encode()) for _ in range(6)
-            ]
-            responses = await asyncio.gather(*(hs.post(i % 2, [f]) for i, f in enumerate(frames)))
+        async for responses in rounds_over_both(hs, client):
             for r in responses:
                 assert r.status_code == 200, r.text
                 res = QsToQsBatchResponse.decode(r.content)
