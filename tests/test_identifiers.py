@@ -309,3 +309,18 @@ def test_validation_caches_stay_bounded() -> None:
     assert Fqdn.decode(opaque(b"n0.test")) == Fqdn("n0.test")
     with pytest.raises(ValidationError):
         Fqdn("n0.test-")
+
+
+def test_group_ids_are_decoded_once_bounded_and_failures_never_remembered() -> None:
+    from phx import identifiers
+
+    groups = [GroupId.random(Fqdn("a.test")) for _ in range(identifiers._CACHE_LIMIT + 10)]
+    for g in groups:
+        assert GroupId.from_mls(g.to_mls()) == g
+    assert GroupId.from_mls(groups[-1].to_mls()) is GroupId.from_mls(groups[-1].to_mls())
+    assert 0 < len(identifiers._GROUP_IDS) <= identifiers._CACHE_LIMIT
+    assert GroupId.from_mls(groups[0].to_mls()) == groups[0]  # fell out: decoded again, same answer
+    for _ in range(2):
+        with pytest.raises(DecodeError):
+            GroupId.from_mls(b"\x01")
+    assert b"\x01" not in identifiers._GROUP_IDS

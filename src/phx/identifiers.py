@@ -60,6 +60,8 @@ _VALID_NAMES: set[str] = set()
 #: Decoded :class:`Fqdn` values by their wire bytes (frozen, so one instance can be shared).
 _DECODED: dict[bytes, Fqdn] = {}
 _CACHE_LIMIT = 4096
+#: Decoded :class:`GroupId` values by their MLS ``group_id`` bytes (frozen, shared like ``_DECODED``).
+_GROUP_IDS: dict[bytes, GroupId] = {}
 
 
 def _domain_problem(name: str) -> str | None:
@@ -375,8 +377,16 @@ class GroupId(Struct):
 
     @classmethod
     def from_mls(cls, group_id: bytes) -> GroupId:
-        """Decode an MLS ``group_id``; DecodeError if it is not a Phoenix group id."""
-        return cls.decode(group_id)
+        """Decode an MLS ``group_id``; DecodeError if it is not a Phoenix group id. Decoded once per
+        distinct id (a busy group's every message names it; the DS and the QS on both sides of federation
+        look it up); bounded like the domain caches, and bytes that fail are never remembered."""
+        gid = _GROUP_IDS.get(group_id)
+        if gid is None:
+            gid = GroupId.decode(group_id)
+            if len(_GROUP_IDS) >= _CACHE_LIMIT:
+                _GROUP_IDS.clear()
+            _GROUP_IDS[group_id] = gid
+        return gid
 
     def to_mls(self) -> bytes:
         return self.encode()

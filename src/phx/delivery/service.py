@@ -111,7 +111,6 @@ ROSTER_ONLY = frozenset({Operation.SEND_MESSAGE, Operation.UPDATE_QUEUE_INFO, Op
 LOCAL_ONLY = frozenset({Operation.REQUEST_GROUP_ID, Operation.CREATE_GROUP})
 DEFAULT_CACHE_BYTES = 256 << 20
 MAINTENANCE_INTERVAL = 300.0
-GROUP_KEY_CACHE = 10_000
 
 
 class TokenRedeemer(Protocol):
@@ -252,7 +251,6 @@ class DsService:
         self._locks = _GroupLocks()
         self._guard = GroupGuard(self.store)
         # MLS group id -> (group id, its encoding), for the unlocked path (a busy group sends many messages)
-        self._group_keys: dict[bytes, tuple[GroupId, bytes]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ops: dict[Operation, _Op] = {
             Operation.UPDATE_QUEUE_INFO: _Op(
@@ -473,19 +471,14 @@ class DsService:
         return True
 
     def _group_key(self, message: MLSMessage) -> tuple[GroupId, bytes]:
-        """The message's group id and its encoding, decoded once per MLS group id (bounded, FIFO)."""
+        """The message's group id and its encoding (the key of the state cache and the group locks)."""
         private = message.private_message
-        if private is None:
-            gid = operations.group_id_of_message(message)
-            return gid, gid.encode()
-        known = self._group_keys.get(private.group_id)
-        if known is None:
-            gid = GroupId.from_mls(private.group_id)
-            known = (gid, gid.encode())
-            if len(self._group_keys) >= GROUP_KEY_CACHE:
-                del self._group_keys[next(iter(self._group_keys))]
-            self._group_keys[private.group_id] = known
-        return known
+        gid = (
+            GroupId.from_mls(private.group_id)
+            if private is not None
+            else operations.group_id_of_message(message)
+        )
+        return gid, gid.encode()
 
     # --- requests on a group -------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from phx.codec import Writer
-from phx.identifiers import Fqdn, GroupId
+from phx.identifiers import Fqdn
 from phx.queuing import core
 from phx.queuing.fanout import PreparedFanOut
 from phx.queuing.messages import (
@@ -34,32 +34,7 @@ from phx.storage import Connection
 from .outbox_store import FederationStore
 from .policy import FederationPolicy
 
-__all__ = ["EnqueueOutcome", "GroupIds", "LocalQueues", "OutboxForwarder", "QsQueues", "encode_fan_out"]
-
-_GROUP_ID_CACHE = 1024
-
-
-class GroupIds:
-    """``MessageContent.group_id()``, decoded once per MLS group id: a busy group sends many messages, and
-    each would otherwise decode the same id (a uuid and a domain) again. Bounded, oldest dropped first."""
-
-    def __init__(self, size: int = _GROUP_ID_CACHE) -> None:
-        self.size = size
-        self._ids: dict[bytes, GroupId] = {}
-
-    def of(self, content: MessageContent) -> GroupId:
-        """The content's group id; DecodeError if it names none."""
-        raw = content.mls_group_id()
-        if raw is None:
-            return content.group_id()
-        ids = self._ids
-        gid = ids.get(raw)
-        if gid is None:
-            gid = content.group_id()  # raises for bytes that are no Phoenix group id: never cached
-            if len(ids) >= self.size:
-                del ids[next(iter(ids))]
-            ids[raw] = gid
-        return gid
+__all__ = ["EnqueueOutcome", "LocalQueues", "OutboxForwarder", "QsQueues", "encode_fan_out"]
 
 
 class OutboxForwarder:
@@ -170,7 +145,6 @@ class QsQueues:
 
     def __init__(self, service: QsService) -> None:
         self.service = service
-        self.group_ids = GroupIds()
 
     @property
     def domain(self) -> Fqdn:
@@ -201,7 +175,7 @@ class QsQueues:
                 # MessageContent}, and we hold the content's bytes.
                 content = fan_out.message_content
                 classified = deliverer.classify(fan_out.client_queue_configs)
-                p = PreparedFanOut(self.group_ids.of(content), content, classified, stamp + contents[i], now)
+                p = PreparedFanOut(content.group_id(), content, classified, stamp + contents[i], now)
             if p.classified.remote:
                 # The receiver refuses such frames; enqueue_in would hand them to the forwarder (a relay).
                 raise ValueError("a federated fan-out may only name local queues")

@@ -53,7 +53,7 @@ from .messages import (
 from .metrics import FederationMetrics
 from .outbox_store import FederationStore, ReceivedRecord
 from .policy import FederationPolicy
-from .qs_bridge import GroupIds, LocalQueues
+from .qs_bridge import LocalQueues
 from .ratelimit_store import Admission, InboundLimits, MessageKeys
 
 __all__ = ["Receiver", "decode_queue_deleted", "encode_queue_deleted"]
@@ -120,7 +120,6 @@ class Receiver:
         self.metrics = metrics if metrics is not None else FederationMetrics()
         self.cs = cs
         self.limits = limits if limits is not None else InboundLimits(rate_limit)
-        self.group_ids = GroupIds()
 
     def _refuse(self, reason: str) -> None:
         self.metrics.refused.inc(reason=reason)
@@ -186,7 +185,7 @@ class Receiver:
             f.error = "relay_refused"
         else:
             try:
-                self.group_ids.of(msg.payload.message_content)
+                msg.payload.message_content.group_id()
             except DecodeError:
                 f.error = "no_group_id"
         if not f.error:

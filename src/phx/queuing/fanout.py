@@ -64,8 +64,6 @@ DEFAULT_CONFIG_CACHE = 100_000
 DEFAULT_BATCH = 64
 #: Most fan-out transactions in flight at once (PostgreSQL; SQLite always runs one).
 DEFAULT_PARALLEL = 2
-#: Bound on the cache of decoded group ids (first in, first out).
-_GROUP_ID_CACHE = 10_000
 
 
 class RemoteForwarder(Protocol):
@@ -165,7 +163,6 @@ class FanOutDeliverer:
         self.random = random
         self._qc_private = queue_config_key
         self._cache: OrderedDict[tuple[bytes, bytes], core.LocalRecipient | None] = OrderedDict()
-        self._group_ids: dict[bytes, GroupId] = {}
         self._cache_size = cache_size
         self._batch = max(1, batch)
         self._pending: list[_Job] = []
@@ -316,27 +313,13 @@ class FanOutDeliverer:
         """The work a fan-out needs before any transaction: group id, unsealed configs, payload."""
         content = fan_out.message_content
         return PreparedFanOut(
-            self._group_id(content),
+            content.group_id(),
             content,
             self.classify(fan_out.client_queue_configs),
             # FanOutQueuePayload(now, content).encode(), without building the struct.
             now.to_bytes(8, "big") + content.encode(),
             now,
         )
-
-    def _group_id(self, content: MessageContent) -> GroupId:
-        """``content.group_id()``, decoded once per MLS group id (a busy group sends many messages)."""
-        raw = content.mls_group_id()
-        if raw is None:
-            return content.group_id()
-        cache = self._group_ids
-        gid = cache.get(raw)
-        if gid is None:
-            gid = content.group_id()
-            if len(cache) >= _GROUP_ID_CACHE:
-                cache.pop(next(iter(cache)))
-            cache[raw] = gid
-        return gid
 
     async def enqueue_in(self, conn: Connection, fan_outs: Sequence[PreparedFanOut]) -> EnqueueResult:
         """Deliver prepared fan-outs, in order, inside the caller's transaction ``conn`` (remote configs go

@@ -326,19 +326,6 @@ class MessageContent(Struct):
         body = WelcomeBundle.read(r) if ct == MessageContentType.WELCOME_BUNDLE else MLSMessage.read(r)
         return cls(ct, body)
 
-    def mls_group_id(self) -> bytes | None:
-        """The MLS ``group_id`` bytes of a Commit/Application body (None for a WelcomeBundle or a body that
-        carries none); :meth:`group_id` decodes them."""
-        body = self.body
-        if isinstance(body, WelcomeBundle):
-            return None
-        pub, priv = body.public_message, body.private_message
-        if pub is not None:
-            return pub.content.group_id
-        if priv is not None:
-            return priv.group_id
-        return None
-
     def group_id(self) -> GroupId:
         """The Phoenix group the content belongs to (DecodeError if it names none)."""
         body = self.body
