@@ -77,6 +77,9 @@ def test_bench_runs_and_every_message_arrives(entry: str) -> None:
 
 
 def common() -> ModuleType:
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:  # _fed_common imports its sibling modules, as the scripts run it
+        sys.path.append(benchmarks)
     spec = importlib.util.spec_from_file_location("_fed_common", ROOT / "benchmarks" / "_fed_common.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
