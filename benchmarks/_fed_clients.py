@@ -1,7 +1,8 @@
 """The client side of ``bench_federation.py --entry ds``, none of it timed: ten clients of the phx.client
 library (five registered at a.test, five at b.test) build the group through the real protocol, then the
-five a.test members protect the measured application messages, fetch Privacy Pass tokens from a.test's AS
-(its issuance endpoint, batches of 100) and sign their DS requests; after the run every member drains
+senders (all ten members, or the five of a.test) protect the measured application messages, fetch Privacy
+Pass tokens from a.test's AS (its issuance endpoint, batches of 100; b.test's members are federated clients
+there, as at the DS) and sign their DS requests; after the run every member drains
 its QS queue (dequeue and queue decryption, as a client does) so the bench can check what arrived."""
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ TOKEN_BATCH = 100  # as.max_tokens_per_request's default
 
 @dataclass
 class Prepared:
-    #: (message index, connection = index of the sending a.test member, HTTP request), in send order.
+    #: (message index, connection = index of the sender in ``senders``, HTTP request), in send order.
     requests: list[tuple[int, int, bytes]]
     #: Per index: the encoded MLSMessage, and its PrivateMessage ciphertext (which names it).
     messages: list[bytes]
     ciphertexts: list[bytes]
+    #: The sending members; message i is sent by ``senders[i % len(senders)]``.
+    senders: list[str]
+
+    def sender_of(self, index: int) -> str:
+        return self.senders[index % len(self.senders)]
 
 
 async def sync_until(
@@ -114,30 +120,31 @@ class Members:
         await asyncio.gather(*(c.sync() for c in cs.values()))
 
     async def tokens(self, address: str, count: int) -> list[bytes]:
-        """``count`` Privacy Pass tokens of a.test for ``address``, issued by as.a.test in batches."""
+        """``count`` Privacy Pass tokens of a.test for ``address``, issued by as.a.test in batches (under its
+        federated key for a client of b.test)."""
         s = self.clients[address].session
-        domain = s.domain
         auth = s.client_auth()
-        key = (await s.api.token_keys(domain)).key_for(domain, domain)
+        key = (await s.api.token_keys(A)).key_for(s.domain, A)
         out: list[bytes] = []
         while len(out) < count:
-            pending = request_tokens(key, phoenix_challenge(domain), min(TOKEN_BATCH, count - len(out)))
-            response = await s.api.request_tokens(domain, RequestToken(pending.request), auth)
+            pending = request_tokens(key, phoenix_challenge(A), min(TOKEN_BATCH, count - len(out)))
+            response = await s.api.request_tokens(A, RequestToken(pending.request), auth)
             out += [t.encode() for t in finalize_tokens(pending, response.token_response)]
         return out
 
-    async def prepare(self, total: int, text_size: int) -> Prepared:
-        """Messages 0..total-1, message i sent by a.test member i mod 5 (round robin)."""
-        counts = [len(range(j, total, MEMBERS)) for j in range(MEMBERS)]
-        tokens = await asyncio.gather(*(self.tokens(a, n) for a, n in zip(A_MEMBERS, counts, strict=True)))
-        sessions = [self.clients[a].session for a in A_MEMBERS]
+    async def prepare(self, total: int, text_size: int, senders: list[str]) -> Prepared:
+        """Messages 0..total-1, message i sent by ``senders[i mod len(senders)]`` (round robin)."""
+        n = len(senders)
+        counts = [len(range(j, total, n)) for j in range(n)]
+        tokens = await asyncio.gather(*(self.tokens(a, c) for a, c in zip(senders, counts, strict=True)))
+        sessions = [self.clients[a].session for a in senders]
         rows = [s.find_group(GROUP) for s in sessions]
         groups = [s.load_group(r) for s, r in zip(sessions, rows, strict=True)]
         now = int(time.time())
         filler = "x" * max(0, text_size - 22)
-        out = Prepared([], [], [])
+        out = Prepared([], [], [], senders)
         for i in range(total):
-            j = i % MEMBERS
+            j = i % n
             row, group = rows[j], groups[j]
             message = group.send(ClientMessage.of_text(f"bench message {i:07d} {filler}").encode())
             request = DsRequest.signed(

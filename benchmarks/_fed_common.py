@@ -272,9 +272,9 @@ class Figures:
     window: int
     rate: float
     connections: int
-    #: Queue copies per message (the DS leaves out the sender's own queue) and where they are.
-    local_recipients: int
-    remote_recipients: int
+    #: Queue copies per message (the DS leaves out the sender's own queue) and where they are, on average.
+    local_recipients: float
+    remote_recipients: float
     #: Per measured message: when it was offered and when it was committed at b.test.
     offered: dict[int, float]
     enqueued: dict[int, float]
@@ -283,6 +283,8 @@ class Figures:
     bound: dict[str, float]
     delivery: str
     notes: list[str] = field(default_factory=list)
+    #: Who sends, for the first line (``ds``).
+    senders: str = ""
     #: b.test commits that carried measured messages.
     commits: int = 0
     #: CPU seconds per second of each homeserver while idle, just before the timed phase.
@@ -311,7 +313,9 @@ def report(f: Figures) -> None:
     }[f.entry]
     print(
         f"bench-federation: entry {f.entry} ({path}); {n} messages (+{f.warmup} warm-up), group of "
-        f"{2 * MEMBERS} (5 on a.test, 5 on b.test), {f.engine}, window {f.window}"
+        f"{2 * MEMBERS} (5 on a.test, 5 on b.test)"
+        + (f", sent by {f.senders}" if f.senders else "")
+        + f", {f.engine}, window {f.window}"
         + (f" on {f.connections} TLS connections" if f.connections else "")
         + f", {offered}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
@@ -335,8 +339,8 @@ def report(f: Figures) -> None:
     print(
         "  crypto per message: "
         + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in b.items())
-        + f" (queue encryption x{recipients}: {f.local_recipients} at a.test, "
-        f"{f.remote_recipients} at b.test)"
+        + f" (queue encryption x{recipients:g}: {f.local_recipients:g} at a.test, "
+        f"{f.remote_recipients:g} at b.test)"
     )
     print(
         f"  crypto-only bound (primary: one core): {single:,.0f} msg/s ({throughput / single:.0%} reached); "

@@ -384,6 +384,12 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--profile", action="store_true", help="cProfile a.test and b.test")
     parser.add_argument(
+        "--senders",
+        choices=["all", "a"],
+        default="all",
+        help="ds: who sends (all ten members, b.test's as federated clients; or a.test's five)",
+    )
+    parser.add_argument(
         "--rate", type=float, default=0, help="offered load in msg/s (default: as fast as accepted)"
     )
     args = parser.parse_args()
@@ -393,7 +399,9 @@ def main() -> None:
         if args.entry == "ds":
             from _fed_ds import run_ds
 
-            figures = run_event_loop(run_ds(args.engine, args.messages, args.window, args.rate, args.profile))
+            figures = run_event_loop(
+                run_ds(args.engine, args.messages, args.window, args.rate, args.profile, args.senders)
+            )
         else:
             figures = run_event_loop(run_qs(args))
     except DeliveryError as e:

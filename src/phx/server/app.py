@@ -1,6 +1,7 @@
 """The app factory: one Starlette app per process, wired explicitly from the config and the services.
 
-Middleware, outermost first: request metrics → JSON errors → body size limit → Starlette's routing. Every
+HTTP requests pass one layer (:class:`~phx.server.http.HttpMiddleware`: request metrics, body size
+limit, JSON errors) on their way to the router; websockets and the lifespan take Starlette's usual path. Every
 service contributes its routes (``POST /<service>/v1/<operation>``, see docs/decisions.md) and is started
 and stopped with the app's lifespan.
 """
@@ -10,25 +11,43 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from phx import __version__
 from phx.config import Config
 from phx.errors import Unavailable
 from phx.storage import Database
 
-from .http import BodyLimitMiddleware, ErrorMiddleware, HttpMetrics, MetricsMiddleware, http_exception_handler
+from .http import HttpMetrics, HttpMiddleware
 from .metrics import CONTENT_TYPE, Registry
 from .routing import PathIndexedRouter
 
 log = logging.getLogger("phx.server")
+
+
+class PhxApp(Starlette):
+    """Starlette with :class:`HttpMiddleware` as its whole HTTP middleware stack (Starlette would wrap it
+    in its ServerErrorMiddleware and put its ExceptionMiddleware under it; ours answers every exception)."""
+
+    def __init__(self, *, http_metrics: HttpMetrics, max_body_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.http_metrics = http_metrics
+        self.max_body_size_limit = max_body_size
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return HttpMiddleware(
+            self.router,
+            ExceptionMiddleware(self.router, handlers=dict(self.exception_handlers)),
+            self.http_metrics,
+            self.max_body_size_limit,
+        )
 
 
 class Service(Protocol):
@@ -56,7 +75,7 @@ def create_app(
     *,
     db: Database | None = None,
     metrics: Registry | None = None,
-) -> Starlette:
+) -> PhxApp:
     """Build the app. ``db`` (owned by the caller, who opens, migrates and closes it) is only used here for
     the health check; services receive their stores through their own constructors."""
     names = [s.name for s in services]
@@ -112,15 +131,11 @@ def create_app(
                 except Exception:
                     log.exception("service %s failed to stop cleanly", service.name)
 
-    app = Starlette(
+    app = PhxApp(
         routes=routes,
-        middleware=[
-            Middleware(MetricsMiddleware, metrics=http_metrics),
-            Middleware(ErrorMiddleware),
-            Middleware(BodyLimitMiddleware, max_body_size=config.server.max_request_size),
-        ],
-        exception_handlers={HTTPException: http_exception_handler},
         lifespan=lifespan,
+        http_metrics=http_metrics,
+        max_body_size=config.server.max_request_size,
     )
     # Before the first request builds the middleware stack around it.
     app.router = PathIndexedRouter(routes, lifespan=lifespan)

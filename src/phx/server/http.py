@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from phx.errors import BadRequest, PayloadTooLarge, PhxError, RateLimited
@@ -60,59 +60,68 @@ def error_response(exc: BaseException, *, path: str = "") -> JSONResponse:
     return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 
-async def http_exception_handler(request: Request, exc: Exception) -> Response:
+def http_error_response(exc: HTTPException) -> JSONResponse:
     """Starlette's own HTTPExceptions (unknown route, wrong method) in our JSON shape."""
-    assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     headers = dict(exc.headers) if exc.headers else None
     return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
 
-class ErrorMiddleware:
-    """Outermost phx middleware: maps every exception that reaches it to a JSON error response."""
+class HttpMiddleware:
+    """The one phx layer around every HTTP request, outermost: counts it (method, route, status), refuses
+    bodies over ``max_body_size`` bytes (413, declared by Content-Length or streamed), and answers every
+    exception that escapes the app as a JSON error (Starlette's HTTPExceptions — unknown route, wrong
+    method — in the same shape). One layer instead of three, and without Starlette's own error and
+    exception layers around it (:func:`http_stack`): each layer cost a coroutine and a wrapped ``send``
+    per request. Other scopes (websocket, lifespan) go to ``other``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, other: ASGIApp, metrics: HttpMetrics, max_body_size: int) -> None:
         self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            if started:
-                # Too late for an error response; let the server drop the connection.
-                log.error("error after the response started (%s)", scope.get("path"), exc_info=exc)
-                raise
-            await error_response(exc, path=str(scope.get("path", "")))(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_body_size`` bytes with 413, whether declared by Content-Length or
-    streamed (chunked); :func:`read_body` applies tighter per-endpoint limits."""
-
-    def __init__(self, app: ASGIApp, max_body_size: int = DEFAULT_MAX_BODY) -> None:
-        self.app = app
+        self.other = other
+        self.metrics = metrics
         self.max_body_size = max_body_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.other(scope, receive, send)
             return
+        status = 0  # 0 until the response starts
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        metrics = self.metrics
+        metrics.in_progress.inc()
+        try:
+            try:
+                await self.app(scope, self._limited(scope, receive), tracking_send)
+            except Exception as exc:
+                if status:
+                    # Too late for an error response; let the server drop the connection.
+                    log.error("error after the response started (%s)", scope.get("path"), exc_info=exc)
+                    raise
+                if isinstance(exc, HTTPException):
+                    response = http_error_response(exc)
+                else:
+                    response = error_response(exc, path=str(scope.get("path", "")))
+                await response(scope, receive, tracking_send)
+        finally:
+            metrics.in_progress.dec()
+            metrics.requests.inc(
+                method=str(scope["method"]), route=_route_label(scope), status=str(status or 500)
+            )
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
         limit = self.max_body_size
         scope[_SCOPE_MAX_BODY] = limit
         declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+        if declared is not None:
+            if declared > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+            return receive  # the server delivers no more than Content-Length says
         received = 0
 
         async def limited_receive() -> Message:
@@ -124,7 +133,7 @@ class BodyLimitMiddleware:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -200,36 +209,6 @@ class HttpMetrics:
         self.in_progress: Gauge = registry.gauge(
             "phx_http_requests_in_progress", "HTTP requests being handled"
         )
-
-
-class MetricsMiddleware:
-    """Counts requests by method, route and status. The route label is the matched path (our paths carry no
-    parameters) or ``unmatched``, so scanners cannot blow up the label set."""
-
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        self.metrics.in_progress.inc()
-        try:
-            await self.app(scope, receive, tracking_send)
-        finally:
-            self.metrics.in_progress.dec()
-            self.metrics.requests.inc(
-                method=str(scope["method"]), route=_route_label(scope), status=str(status)
-            )
 
 
 def _route_label(scope: Scope) -> str:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
@@ -85,13 +85,17 @@ class SqliteConnection(Connection):
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+        self._raw: sqlite3.Connection = cast(Any, conn)._conn
         self._state = "open"  # open | failed | closed
 
-    async def _guard(self, op: Callable[[], Awaitable[_T]]) -> _T:
+    def _step(self, fn: Callable[[sqlite3.Connection, str, Any], _T], sql: str, args: Any) -> _T:
+        # Runs on the event loop's thread, not aiosqlite's: inside a transaction a statement neither waits
+        # for a lock (BEGIN IMMEDIATE took the write lock; WAL readers do not block) nor syncs to disk (COMMIT
+        # does, on the worker thread), so a hand-over to the thread and back cost more than the statement.
         if self._state != "open":
             raise TransactionAborted(f"transaction is {self._state}")
         try:
-            return await op()
+            return fn(self._raw, translate_placeholders(sql), args)
         except sqlite3.IntegrityError as e:
             self._state = "failed"
             if getattr(e, "sqlite_errorname", "") in _UNIQUE_CODES:
@@ -101,26 +105,17 @@ class SqliteConnection(Connection):
             self._state = "failed"
             raise
 
-    # Each statement is one trip to aiosqlite's thread: the whole step (execute, fetch, close the cursor)
-    # runs there as one function, instead of one trip per cursor call.
-
     async def execute(self, sql: str, *args: Any) -> int:
-        return await self._guard(lambda: self._call(_execute, translate_placeholders(sql), args))
+        return self._step(_execute, sql, args)
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
-        await self._guard(lambda: self._call(_executemany, translate_placeholders(sql), list(args)))
+        self._step(_executemany, sql, list(args))
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return await self._guard(lambda: self._call(_fetch, translate_placeholders(sql), args))
+        return self._step(_fetch, sql, args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        return await self._guard(lambda: self._call(_fetchrow, translate_placeholders(sql), args))
-
-    def _call(self, fn: Callable[[sqlite3.Connection, str, Any], _T], sql: str, args: Any) -> Awaitable[_T]:
-        # aiosqlite's own queue (FIFO with every other operation on the connection, which _rollback
-        # relies on); the function gets the sqlite3 connection on the worker thread.
-        raw: Any = self._conn
-        return cast(Awaitable[_T], raw._execute(fn, raw._conn, sql, args))
+        return self._step(_fetchrow, sql, args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
@@ -128,12 +123,14 @@ class SqliteConnection(Connection):
 
     async def execute_script(self, sql: str) -> None:
         # Not executescript(): it COMMITs the open transaction first, which would break migrations' atomicity.
-        async def run() -> None:
-            for statement in split_script(sql):
-                cur = await self._conn.execute(statement)
-                await cur.close()
-
-        await self._guard(run)
+        # On the worker thread, as a whole: a migration may run for a while.
+        if self._state != "open":
+            raise TransactionAborted(f"transaction is {self._state}")
+        try:
+            await cast(Any, self._conn)._execute(_script, self._raw, split_script(sql))
+        except BaseException:
+            self._state = "failed"
+            raise
 
     def _close(self) -> None:
         self._state = "closed"
@@ -175,7 +172,9 @@ class SqliteDatabase(Database):
 
     async def _connect(self, *, readonly: bool) -> aiosqlite.Connection:
         # isolation_level=None: no implicit BEGINs from the sqlite3 module; we issue BEGIN/COMMIT ourselves.
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        # check_same_thread=False: statements inside a transaction run on the event loop's thread
+        # (SqliteConnection._step), never at the same time as the worker thread's BEGIN/COMMIT.
+        conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
@@ -204,7 +203,7 @@ class SqliteDatabase(Database):
             if readonly and not self.memory:
                 reader = await self._readers.get()
                 try:
-                    async with self._run(reader, "BEGIN", query_only=False) as conn:
+                    with _read_transaction(reader) as conn:
                         yield conn
                 finally:
                     self._readers.put_nowait(reader)
@@ -220,6 +219,8 @@ class SqliteDatabase(Database):
     async def _run(
         self, raw: aiosqlite.Connection, begin: str, *, query_only: bool
     ) -> AsyncIterator[Connection]:
+        # BEGIN IMMEDIATE (may wait busy_timeout for another process's write lock) and COMMIT (fsync) run
+        # on aiosqlite's thread; the statements between them on the loop's (SqliteConnection._step).
         if query_only:
             await raw.execute("PRAGMA query_only = ON")
         try:
@@ -291,6 +292,29 @@ def _fetchrow(raw: sqlite3.Connection, sql: str, args: Any) -> Row | None:
         return cast(Row | None, cur.fetchone())
     finally:
         cur.close()
+
+
+@contextmanager
+def _read_transaction(reader: aiosqlite.Connection) -> Iterator[SqliteConnection]:
+    """A read-only transaction wholly on the loop's thread: in WAL mode a deferred BEGIN, a reader's
+    statements and its COMMIT take no lock to wait for and write nothing to sync."""
+    conn = SqliteConnection(reader)
+    raw = conn._raw
+    raw.execute("BEGIN").close()
+    try:
+        yield conn
+    except BaseException:
+        conn._close()
+        if raw.in_transaction:
+            raw.execute("ROLLBACK").close()
+        raise
+    conn._close()
+    raw.execute("COMMIT").close()
+
+
+def _script(raw: sqlite3.Connection, statements: list[str]) -> None:
+    for statement in statements:
+        raw.execute(statement).close()
 
 
 def _probe(path: str) -> None:
