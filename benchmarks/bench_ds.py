@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,7 @@ from phx.mls.group_commit import build_group_info  # noqa: E402
 from phx.mls.key_package import create_key_package, default_capabilities  # noqa: E402
 from phx.mls.messages import Credential, CredentialType, make_external_senders_extension  # noqa: E402
 from phx.privacypass import TokenClass  # noqa: E402
+from phx.privacypass.redeemer import Spend  # noqa: E402
 from phx.queuing.messages import (  # noqa: E402
     QUEUE_CONFIG_EXTENSION_TYPE,
     ClientQueueConfig,
@@ -79,7 +80,7 @@ from phx.queuing.messages import (  # noqa: E402
 )
 from phx.queuing.messages import Operation as QsOperation  # noqa: E402
 from phx.queuing.service import QsService  # noqa: E402
-from phx.storage import Database, migrate, open_database  # noqa: E402
+from phx.storage import Connection, Database, migrate, open_database  # noqa: E402
 
 CS = SUITE_1
 DOMAIN = Fqdn("bench.example")
@@ -107,8 +108,14 @@ class AcceptAll:
 class AcceptLocal:
     """The DS's redeemer double: every token is a local client's."""
 
-    async def redeem(self, token: bytes, now: int) -> TokenClass:
-        return TokenClass.LOCAL
+    async def prepare(self, token: bytes, now: int) -> tuple[TokenClass, Spend]:
+        return TokenClass.LOCAL, (token, b"", 0)
+
+    async def spend(self, spend: Spend) -> None:
+        return None
+
+    async def spend_in(self, conn: Connection, spends: Sequence[Spend]) -> list[bool]:
+        return [True] * len(spends)
 
 
 class NullSink:

@@ -46,6 +46,7 @@ from phx.mls.messages import (
     make_external_senders_extension,
 )
 from phx.privacypass import TokenClass, TokenRedeemer
+from phx.privacypass.redeemer import Spend
 from phx.queuing.messages import (
     QUEUE_CONFIG_EXTENSION_TYPE,
     ClientQueueConfig,
@@ -56,7 +57,7 @@ from phx.queuing.messages import (
     make_queue_config_extension,
     seal_queue_config,
 )
-from phx.storage import Database, migrate
+from phx.storage import Connection, Database, migrate
 
 CS = SUITE_1
 DOMAIN = Fqdn("example.com")
@@ -76,24 +77,36 @@ class FakeClock:
 
 class AcceptAll:
     """Privacy Pass double: accepts every token; tokens listed in ``federated`` are of the federated
-    class (a client of another homeserver), all others local."""
+    class (a client of another homeserver), all others local. ``redeemed`` lists the tokens spent."""
 
     def __init__(self) -> None:
         self.redeemed: list[bytes] = []
         self.federated: set[bytes] = set()
 
-    async def redeem(self, token: bytes, now: int) -> TokenClass:
-        self.redeemed.append(token)
-        return TokenClass.FEDERATED if token in self.federated else TokenClass.LOCAL
+    async def prepare(self, token: bytes, now: int) -> tuple[TokenClass, Spend]:
+        token_class = TokenClass.FEDERATED if token in self.federated else TokenClass.LOCAL
+        return token_class, (token, b"", 0)
+
+    async def spend(self, spend: Spend) -> None:
+        if not self._spend(spend):
+            raise TokenError("token has already been spent")
+
+    async def spend_in(self, conn: Connection, spends: Sequence[Spend]) -> list[bool]:
+        # Written at once, not with ``conn``: a rolled-back transaction keeps its tokens spent here.
+        return [self._spend(spend) for spend in spends]
+
+    def _spend(self, spend: Spend) -> bool:
+        self.redeemed.append(spend[0])
+        return True
 
 
 class SingleUse(AcceptAll):
     """Like the real redeemer: a token is accepted once."""
 
-    async def redeem(self, token: bytes, now: int) -> TokenClass:
-        if token in self.redeemed:
-            raise TokenError("token has already been spent")
-        return await super().redeem(token, now)
+    def _spend(self, spend: Spend) -> bool:
+        if spend[0] in self.redeemed:
+            return False
+        return super()._spend(spend)
 
 
 class Redeeming(AcceptAll):
@@ -102,11 +115,21 @@ class Redeeming(AcceptAll):
     def __init__(self, real: TokenRedeemer) -> None:
         super().__init__()
         self.real = real
+        self._raw: dict[Spend, bytes] = {}
 
-    async def redeem(self, token: bytes, now: int) -> TokenClass:
-        token_class = await self.real.redeem(token, now)
-        self.redeemed.append(token)
-        return token_class
+    async def prepare(self, token: bytes, now: int) -> tuple[TokenClass, Spend]:
+        token_class, spend = await self.real.prepare(token, now)
+        self._raw[spend] = token
+        return token_class, spend
+
+    async def spend(self, spend: Spend) -> None:
+        await self.real.spend(spend)
+        self.redeemed.append(self._raw[spend])
+
+    async def spend_in(self, conn: Connection, spends: Sequence[Spend]) -> list[bool]:
+        spent = await self.real.spend_in(conn, spends)
+        self.redeemed += [self._raw[s] for s, ok in zip(spends, spent, strict=True) if ok]
+        return spent
 
 
 class RecordingSink:

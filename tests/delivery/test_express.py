@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from phx.delivery.fanout import LocalQsSink
 from phx.delivery.messages import Operation, SendMessageParams
 from phx.delivery.service import DsService
 from phx.delivery.store import GroupRow
-from phx.errors import WrongEpoch
+from phx.errors import TokenError, WrongEpoch
 from phx.mls.messages import MLSMessage
 from phx.queuing.fanout import EnqueueResult, PreparedFanOut
 from phx.queuing.messages import MessageContentType
@@ -172,3 +174,74 @@ async def test_a_message_behind_a_locked_request_waits_for_it_then_skips_the_loc
     await task
     assert locks == []
     assert texts(await q_bob.read_queue()) == [ciphertext(msg)]
+
+
+async def paying_members(db: Database, n: int) -> tuple[Harness, list[Client], list[qs_helpers.Client]]:
+    """:func:`members` with the AS's real redeemer: every request spends a real Privacy Pass token."""
+    from tests.auth.helpers import Client as AsClient  # noqa: PLC0415
+    from tests.delivery.helpers import FakeClock, Redeeming  # noqa: PLC0415
+    from tests.delivery.test_token_classes import as_service  # noqa: PLC0415
+
+    auth = await as_service(db, DOMAIN, FakeClock())
+    payer = await AsClient.new(auth).register(tokens=60)
+    qs = await qs_helpers.make_service(db)
+    h = await Harness.start(db, redeemer=Redeeming(auth.redeemer))
+    h.tokens = lambda federated: payer.token()
+    h.service.sink = LocalQsSink(qs)
+    queues = [await qs_helpers.register(qs) for _ in range(n)]
+    clients = [Client.new(f"c{i}", q.queue_config()) for i, q in enumerate(queues)]
+    await h.create(clients[0])
+    await h.add(clients[0], *([c] for c in clients[1:]))
+    return h, clients, queues
+
+
+async def spent_tokens(db: Database) -> int:
+    async with db.transaction(readonly=True) as conn:
+        return int(await conn.fetchval("SELECT COUNT(*) FROM pp_spent_tokens"))
+
+
+async def test_the_token_is_spent_in_the_delivering_transaction_once(db: Database) -> None:
+    """The unlocked path writes the request's token with the fan-out: it is spent, and a replay of the same
+    request (alone, or twice at once) is refused and delivers nothing more."""
+    h, (alice, bob), (_, q_bob) = await paying_members(db, 2)
+    locks = count_locks(h.service)
+    spent = await spent_tokens(db)
+    assert h.tokens is not None
+    msg = alice.g.send(b"once")
+    token = h.tokens(False)
+    params = SendMessageParams(msg, h.ear_key)
+    await h.as_member(Operation.SEND_MESSAGE, params, alice, token=token)
+    assert locks == []  # the unlocked path took it
+    assert await spent_tokens(db) == spent + 1
+    with pytest.raises(TokenError, match="already been spent"):
+        await h.as_member(Operation.SEND_MESSAGE, params, alice, token=token)
+    twice = SendMessageParams(alice.g.send(b"twice"), h.ear_key)
+    token = h.tokens(False)
+    results = await asyncio.gather(
+        *(h.as_member(Operation.SEND_MESSAGE, twice, alice, token=token) for _ in range(2)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["TokenError", "bytes"], results
+    assert await spent_tokens(db) == spent + 2
+    assert texts(await q_bob.read_queue()) == [ciphertext(msg), ciphertext(twice.application_message)]
+
+
+async def test_a_message_that_fails_the_guard_spends_its_token_on_the_locked_path(db: Database) -> None:
+    """The guard refuses a message checked against a state that changed since: its token is not written
+    with the (refused) fan-out, so the locked path can spend it, once, and answer."""
+    h, (alice, bob), (_, q_bob) = await paying_members(db, 2)
+    main = h.service
+    other = await DsService.open(db, main.config, DOMAIN, sink=main.sink, redeemer=h.redeemer, clock=h.clock)
+    h.service = other
+    update = await h.update(bob)  # another instance commits; main's cached state is one version behind
+    h.service = main
+    spent = await spent_tokens(db)
+    locks = count_locks(main)
+    with pytest.raises(WrongEpoch):
+        await send(h, alice, b"stale")
+    assert len(locks) == 1
+    assert await spent_tokens(db) == spent + 1  # spent by the locked path, not twice
+    alice.g.process(update.commit, now=h.now)
+    after = await send(h, alice, b"after")
+    assert await spent_tokens(db) == spent + 2
+    assert texts(await q_bob.read_queue())[-1:] == [ciphertext(after)]

@@ -19,6 +19,7 @@ from phx.privacypass import (
     phoenix_challenge,
     request_tokens,
 )
+from phx.privacypass.redeemer import spend_tokens
 from phx.storage import Database, migrate
 
 DOMAIN = Fqdn("example.com")
@@ -166,3 +167,30 @@ async def test_group_commit_accepts_each_token_once(redeemer: TokenRedeemer, db:
     assert all(isinstance(res, TokenError) for res in results if res is not TokenClass.LOCAL)
     async with db.transaction(readonly=True) as conn:
         assert await conn.fetchval("SELECT COUNT(*) FROM pp_spent_tokens") == 30
+
+
+async def test_spend_tokens_in_a_transaction(redeemer: TokenRedeemer, db: Database) -> None:
+    """spend_tokens (the DS writes application messages' tokens with their fan-out): each token spent once,
+    whether it was spent before, repeats in one call, or the call spans several statements; a rolled-back
+    transaction spends nothing."""
+    tokens = await issue(redeemer.keyring, T0, 3)
+    prepared = [(await redeemer.prepare(t.encode(), T0 + 1))[1] for t in tokens]
+    await redeemer.spend(prepared[0])
+    async with db.transaction() as conn:
+        assert await spend_tokens(conn, [prepared[0], prepared[1], prepared[1], prepared[2]]) == [
+            False,
+            True,
+            False,
+            True,
+        ]
+    many = [(bytes([i % 256]) * 32, i.to_bytes(4, "big") * 8, 7) for i in range(1200)]
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as conn:
+            assert await spend_tokens(conn, many) == [True] * 1200
+            raise RuntimeError("roll back")
+    async with db.transaction() as conn:
+        assert await spend_tokens(conn, many[::-1] + many[:1]) == [True] * 1200 + [False]
+    with pytest.raises(TokenError, match="already been spent"):
+        await redeemer.spend(prepared[2])
+    async with db.transaction(readonly=True) as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM pp_spent_tokens") == 1203

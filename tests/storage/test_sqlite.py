@@ -59,6 +59,9 @@ async def test_pragmas_wal_full_sync(sqlite_url: str) -> None:
             assert await conn.fetchval("PRAGMA journal_mode") == "wal"
             assert await conn.fetchval("PRAGMA synchronous") == 2  # FULL
             assert await conn.fetchval("PRAGMA foreign_keys") == 1
+            # The writer's is 0: its BEGIN falls back to waiting on the worker thread (next tests).
+            assert await conn.fetchval("PRAGMA busy_timeout") == 0
+        async with db.transaction(readonly=True) as conn:
             assert await conn.fetchval("PRAGMA busy_timeout") >= 1000
     finally:
         await db.close()

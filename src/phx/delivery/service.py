@@ -52,13 +52,14 @@ from phx.errors import (
 from phx.identifiers import Fqdn, GroupId
 from phx.mls.messages import MLSMessage
 from phx.privacypass import TokenClass
+from phx.privacypass.redeemer import Spend
 from phx.queuing.fanout import GuardFailed
 from phx.queuing.messages import FanOutMessage, QueueDeleted
 from phx.storage import Connection, Database
 
 from . import core, operations
 from .core import DsContext, Outputs
-from .express import GroupGuard
+from .express import ExpressKey, GroupGuard, SpendingRedeemer
 from .fanout import FanOutSink, LocalQsSink
 from .messages import (
     AddUsersParams,
@@ -113,10 +114,16 @@ DEFAULT_CACHE_BYTES = 256 << 20
 MAINTENANCE_INTERVAL = 300.0
 
 
-class TokenRedeemer(Protocol):
-    async def redeem(self, token: bytes, now: int) -> TokenClass:
-        """Accept a Privacy Pass token once and say whom it was issued to; raise
-        :class:`~phx.errors.TokenError` otherwise."""
+class TokenRedeemer(SpendingRedeemer, Protocol):
+    """Privacy Pass as the DS uses it (:class:`phx.privacypass.TokenRedeemer`): every check first
+    (:meth:`prepare`, raising :class:`~phx.errors.TokenError` for a bad token), the spending apart."""
+
+    async def prepare(self, token: bytes, now: int) -> tuple[TokenClass, Spend]:
+        """Check a token; its class (whom it was issued to) and the record that spends it."""
+        ...
+
+    async def spend(self, spend: Spend) -> None:
+        """Record a prepared token as spent (committed on return); TokenError if it already was."""
         ...
 
 
@@ -249,7 +256,7 @@ class DsService:
         self.padding = PaddingTarget(config.padding_percentile, padding_target)
         self.cache = _Cache(cache_bytes)
         self._locks = _GroupLocks()
-        self._guard = GroupGuard(self.store)
+        self._guard = GroupGuard(self.store, redeemer)
         # MLS group id -> (group id, its encoding), for the unlocked path (a busy group sends many messages)
         self._task: asyncio.Task[None] | None = None
         self._ops: dict[Operation, _Op] = {
@@ -371,7 +378,12 @@ class DsService:
         request = DsRequest.decode(body)
         if request.privacy_pass_token is None:
             raise TokenError("every DS operation needs a Privacy Pass token")
-        token_class = await self.redeemer.redeem(request.privacy_pass_token, now)
+        token_class, spend = await self.redeemer.prepare(request.privacy_pass_token, now)
+        # An application message's token is spent in the transaction that delivers it (.express), or
+        # below if it takes the locked path; every other request's right away.
+        express = op == Operation.SEND_MESSAGE
+        if not express:
+            await self.redeemer.spend(spend)
         if op in LOCAL_ONLY and token_class is not TokenClass.LOCAL:
             # The token stays spent: the request was made and cost the DS a redemption.
             raise core.LocalClientsOnly(f"{op.value} is only open to clients of this homeserver")
@@ -381,9 +393,18 @@ class DsService:
             await self._create_group(request, now)
             return b""
         spec = self._ops[op]
-        params = spec.params.decode(request.params)
-        if isinstance(params, SendMessageParams) and await self._send_unlocked(request, params, now):
-            return b""
+        try:
+            params = spec.params.decode(request.params)
+        except DecodeError:
+            if express:
+                await self.redeemer.spend(spend)
+            raise
+        if express:
+            if isinstance(params, SendMessageParams) and await self._send_unlocked(
+                request, params, now, spend
+            ):
+                return b""
+            await self.redeemer.spend(spend)
         out = await self._group_request(op, spec, spec.group_id(params), request, params, now)
         return b"" if out.response is None else out.response.encode()
 
@@ -425,10 +446,13 @@ class DsService:
 
     # --- application messages without the group lock (.express) --------------------------------------
 
-    async def _send_unlocked(self, request: DsRequest, params: SendMessageParams, now: int) -> bool:
+    async def _send_unlocked(
+        self, request: DsRequest, params: SendMessageParams, now: int, spend: Spend
+    ) -> bool:
         """Check and deliver an application message against the cached state, in the QS's shared
-        transaction under :attr:`_guard`. False: nothing was delivered, take the locked path (no QS in
-        this process, state not cached, anything refused or changed since)."""
+        transaction under :attr:`_guard`, which also records the request's token (``spend``) as spent.
+        False: nothing was delivered and the token was not spent here, take the locked path (no QS in this
+        process, state not cached, anything refused or changed since, the token spent before)."""
         sink = self.sink
         deliverer = sink.shared_deliverer(self.db) if isinstance(sink, LocalQsSink) else None
         if deliverer is None:
@@ -458,7 +482,7 @@ class DsService:
         prepared = [deliverer.prepare(m, qs_now) for m in out.fan_outs]
         try:
             results = await deliverer.deliver_prepared(
-                prepared, guard=self._guard, key=(key, state.version), order=key
+                prepared, guard=self._guard, key=ExpressKey.of(key, state.version, spend), order=key
             )
         except GuardFailed:
             return False

@@ -12,7 +12,9 @@ Spent-token records are kept exactly as long as their key can redeem and purged 
 Group commit: concurrent redemptions share one transaction (one commit, one fsync). A redemption returns
 only after the transaction holding its record has committed, so an accepted token stays spent across a
 crash; a lone redemption still commits at once. Do not call :meth:`TokenRedeemer.redeem` while holding a
-write transaction on the same database (the commit runs in another task and would wait for it).
+write transaction on the same database (the commit runs in another task and would wait for it). A caller
+that writes anyway may instead :meth:`~TokenRedeemer.check` a token and record it in its own transaction
+with :func:`spend_tokens` (the DS does, for application messages: one transaction per message, not two).
 
 Every refusal is :class:`~phx.errors.TokenError` (401 ``bad_token``) with a message saying why.
 """
@@ -20,16 +22,43 @@ Every refusal is :class:`~phx.errors.TokenError` (401 ``bad_token``) with a mess
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from phx.errors import DecodeError, TokenError
 from phx.identifiers import Fqdn
-from phx.storage import Database
+from phx.storage import Connection, Database
 
 from .issuer import TokenClass
 from .keys import ClassKey, IssuerKeyring
 from .tokens import TOKEN_TYPE, Token, TokenChallenge, phoenix_challenge
 
-__all__ = ["TokenRedeemer"]
+__all__ = ["Spend", "TokenRedeemer", "spend_tokens"]
+
+#: A checked token to record as spent: (key id, nonce, epoch of its key).
+Spend = tuple[bytes, bytes, int]
+
+_SPEND_CHUNK = 500  # rows per INSERT: 1,500 parameters, within SQLite's and PostgreSQL's limits
+
+
+async def spend_tokens(conn: Connection, tokens: Sequence[Spend]) -> list[bool]:
+    """Record ``tokens`` as spent in ``conn``'s transaction; per token, whether this call spent it (False:
+    it was spent before, or appears earlier in ``tokens``)."""
+    inserted: set[tuple[bytes, bytes]] = set()
+    for i in range(0, len(tokens), _SPEND_CHUNK):
+        chunk = tokens[i : i + _SPEND_CHUNK]
+        values = ", ".join(f"(${3 * j + 1}, ${3 * j + 2}, ${3 * j + 3})" for j in range(len(chunk)))
+        rows = await conn.fetch(
+            f"INSERT INTO pp_spent_tokens (key_id, nonce, epoch) VALUES {values} "
+            "ON CONFLICT (key_id, nonce) DO NOTHING RETURNING key_id, nonce",
+            *(v for t in chunk for v in t),
+        )
+        inserted.update((bytes(r[0]), bytes(r[1])) for r in rows)
+    out = []
+    for key_id, nonce, _ in tokens:
+        name = (key_id, nonce)
+        out.append(name in inserted)
+        inserted.discard(name)  # a second occurrence in ``tokens`` spends nothing
+    return out
 
 
 class TokenRedeemer:
@@ -37,7 +66,7 @@ class TokenRedeemer:
         self.db = db
         self.keyring = keyring
         self.challenge_digest = challenge.digest()
-        self._pending: list[tuple[bytes, bytes, int, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[Spend, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -66,36 +95,42 @@ class TokenRedeemer:
     async def redeem(self, raw: bytes, now: int) -> TokenClass:
         """Accept ``raw`` once: check it, then record it as spent (raises TokenError if it already was).
         Returns the class of the token (whom its key issues to)."""
+        token_class, spend = await self.prepare(raw, now)
+        await self.spend(spend)
+        return token_class
+
+    async def prepare(self, raw: bytes, now: int) -> tuple[TokenClass, Spend]:
+        """:meth:`check`, returning the token's class and the record that spends it (for :meth:`spend` or
+        :meth:`spend_in`)."""
         token, entry = await self.check(raw, now)
+        return entry.token_class, (token.token_key_id, token.nonce, entry.epoch)
+
+    async def spend(self, spend: Spend) -> None:
+        """Record a prepared token as spent, in a transaction shared with concurrent calls; raises
+        TokenError if it already was."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((token.token_key_id, token.nonce, entry.epoch, future))
+        self._pending.append((spend, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="phx-spent-tokens")
         if not await future:
             raise TokenError("token has already been spent")
-        return entry.token_class
+
+    async def spend_in(self, conn: Connection, spends: Sequence[Spend]) -> list[bool]:
+        """:func:`spend_tokens` in the caller's transaction."""
+        return await spend_tokens(conn, spends)
 
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                results = []
                 async with self.db.transaction() as conn:
-                    for key_id, nonce, epoch, _ in batch:
-                        inserted = await conn.execute(
-                            "INSERT INTO pp_spent_tokens (key_id, nonce, epoch) VALUES ($1, $2, $3) "
-                            "ON CONFLICT (key_id, nonce) DO NOTHING",
-                            key_id,
-                            nonce,
-                            epoch,
-                        )
-                        results.append(inserted > 0)
+                    results = await spend_tokens(conn, [spend for spend, _ in batch])
             except Exception as e:
-                for *_, future in batch:
+                for _, future in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            for (*_, future), accepted in zip(batch, results, strict=True):
+            for (_, future), accepted in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(accepted)
 

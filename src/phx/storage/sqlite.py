@@ -177,7 +177,9 @@ class SqliteDatabase(Database):
         conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            # The writer waits for other processes' locks only in _begin's fallback, on the worker thread.
+            busy = self._busy_timeout_ms if readonly else 0
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
             if not self.memory and not readonly:
                 mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
                 if mode is None or str(mode[0]).lower() != "wal":
@@ -219,13 +221,13 @@ class SqliteDatabase(Database):
     async def _run(
         self, raw: aiosqlite.Connection, begin: str, *, query_only: bool
     ) -> AsyncIterator[Connection]:
-        # BEGIN IMMEDIATE (may wait busy_timeout for another process's write lock) and COMMIT (fsync) run
-        # on aiosqlite's thread; the statements between them on the loop's (SqliteConnection._step).
+        # COMMIT (fsync, checkpoints) runs on aiosqlite's thread; the statements before it on the loop's
+        # (SqliteConnection._step); BEGIN too unless it has to wait for another process (_begin).
         if query_only:
             await raw.execute("PRAGMA query_only = ON")
         try:
             try:
-                await raw.execute(begin)
+                await self._begin(raw, begin)
             except BaseException:
                 await _rollback(raw)
                 raise
@@ -245,6 +247,19 @@ class SqliteDatabase(Database):
         finally:
             if query_only:
                 await raw.execute("PRAGMA query_only = OFF")
+
+    async def _begin(self, raw: aiosqlite.Connection, begin: str) -> None:
+        """BEGIN on the loop's thread when no other process holds the write lock (the writer's
+        busy_timeout is 0, so SQLite answers at once); else on the worker thread, waiting up to
+        busy_timeout for it."""
+        conn: sqlite3.Connection = cast(Any, raw)._conn
+        try:
+            conn.execute(begin).close()
+            return
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorname", "") != "SQLITE_BUSY" or conn.in_transaction:
+                raise
+        await cast(Any, raw)._execute(_begin_waiting, conn, begin, self._busy_timeout_ms)
 
     async def ping(self) -> None:
         try:
@@ -310,6 +325,14 @@ def _read_transaction(reader: aiosqlite.Connection) -> Iterator[SqliteConnection
         raise
     conn._close()
     raw.execute("COMMIT").close()
+
+
+def _begin_waiting(raw: sqlite3.Connection, begin: str, busy_timeout_ms: int) -> None:
+    raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}").close()
+    try:
+        raw.execute(begin).close()
+    finally:
+        raw.execute("PRAGMA busy_timeout = 0").close()
 
 
 def _script(raw: sqlite3.Connection, statements: list[str]) -> None:
