@@ -37,12 +37,20 @@ __all__ = ["Spend", "TokenRedeemer", "spend_tokens"]
 #: A checked token to record as spent: (key id, nonce, epoch of its key).
 Spend = tuple[bytes, bytes, int]
 
-_SPEND_CHUNK = 500  # rows per INSERT: 1,500 parameters, within SQLite's and PostgreSQL's limits
+_SPEND_CHUNK = 500  # rows per INSERT: 1,500 parameters, well within PostgreSQL's limit
+_SPEND_ONE = (
+    "INSERT INTO pp_spent_tokens (key_id, nonce, epoch) VALUES ($1, $2, $3) "
+    "ON CONFLICT (key_id, nonce) DO NOTHING"
+)
 
 
 async def spend_tokens(conn: Connection, tokens: Sequence[Spend]) -> list[bool]:
     """Record ``tokens`` as spent in ``conn``'s transaction; per token, whether this call spent it (False:
     it was spent before, or appears earlier in ``tokens``)."""
+    if conn.engine == "sqlite":
+        # In-process statements are cheap, and SQLite runs one single-row INSERT faster than its share of
+        # a multi-row one.
+        return [await conn.execute(_SPEND_ONE, *t) > 0 for t in tokens]
     inserted: set[tuple[bytes, bytes]] = set()
     for i in range(0, len(tokens), _SPEND_CHUNK):
         chunk = tokens[i : i + _SPEND_CHUNK]
