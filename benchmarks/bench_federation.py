@@ -2,29 +2,33 @@
 
     .venv/bin/python benchmarks/bench_federation.py [--entry ds|qs] [--messages N] [--window W]
                                                     [--engine sqlite|postgres] [--rate R] [--profile]
+                                                    [--senders all|a]
 
 ``--entry ds`` (the default) measures the whole federated path as clients use it. a.test and b.test each
 run ``phx serve``'s wiring (AS, DS, QS, federation; ``phx.server.wiring.build_homeserver``) in a process
 of their own, over real HTTPS with a throw-away CA. Ten clients of the phx.client library (5 registered at
 a.test, 5 at b.test) build a group hosted on ds.a.test through the real protocol (connections, create,
-invites, joins). Then, untimed, the five a.test members protect N (+20 warm-up) MLS application messages,
-get Privacy Pass tokens from as.a.test's issuance endpoint and sign their DS requests. Timed: a separate
-load-generator process sends them round robin to ds.a.test's ``send_message`` over five keep-alive TLS
-connections (one per sender, HTTP/1.1 pipelined, W requests in flight). For each, a.test's DS redeems the
-token, checks the DsAuthToken and hands the fan-out to its QS, which enqueues into the 4 other a.test
-members' queues and, in the same transaction, writes the outbox row for b.test; the DS answers 2xx
-("accepted"); a.test's sender signs, batches and posts it to b.test, which verifies it and enqueues it into
-its 5 queues ("enqueued everywhere": b.test's commit, which follows a.test's).
+invites, joins). Then, untimed, the senders — all ten members (b.test's as federated clients of ds.a.test)
+or, with ``--senders a``, the five of a.test — protect N (+20 warm-up) MLS application messages, get
+Privacy Pass tokens from as.a.test's issuance endpoint and sign their DS requests. Timed: a separate
+load-generator process sends them round robin to ds.a.test's ``send_message`` over one keep-alive TLS
+connection per sender (HTTP/1.1 pipelined, W requests in flight; the server answers a connection's
+requests one after the other, so each sender has one in the works). For each, a.test's DS checks the
+token and the DsAuthToken and hands the fan-out to its QS, which enqueues into the other a.test members'
+queues and, in the same transaction, spends the token and writes the outbox row for b.test; the DS
+answers 2xx ("accepted"); a.test's sender signs, batches and posts it to b.test, which verifies it and
+enqueues it into its members' queues ("enqueued everywhere": b.test's commit, which follows a.test's).
 
 ``--entry qs`` is the narrower benchmark: a.test runs only QS + federation in this process and N fan-outs
 (to all 10 queues) are handed straight to its QS as the DS would (W in flight), with the same b.test side.
 
 Printed: throughput from the first send to the last commit everywhere, p50/p99 latency per message (send
 to commit at b.test; every process reads the same system clock) and, for ``ds``, send to the DS's answer;
-the crypto-only bound measured in the same run — per message one frame signature and verification, one
-Privacy Pass token redemption and one queue encryption per queue copy (10 for ``qs``; 9 for ``ds``, the
-DS leaving out the sender's own queue) — as a rate on one core (the primary figure) and with each
-homeserver on its own core; CPU per message of each process (and of PostgreSQL's backends). After the
+the crypto-only bound measured in the same run — per message every signature operation of the servers
+(for ``ds`` the DS's DsAuthToken check; the frame's signature and its verification), one Privacy Pass
+token redemption and one queue encryption per queue copy (10 for ``qs``; 9 for ``ds``, the DS leaving out
+the sender's own queue) — as a rate on one core (the primary figure) and with each homeserver on its own
+core; CPU per message of each process (and of PostgreSQL's backends). After the
 run every queue is drained and decrypted as its client would: each must hold exactly its messages, in
 order, or the bench fails. Rate limits are off (the defaults allow 5 messages/s per queue, which would be
 the figure measured).
@@ -379,7 +383,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--entry", choices=["ds", "qs"], default="ds", help="where messages enter a.test")
-    parser.add_argument("--messages", type=int, default=None, help="default: 1500 (ds), 5000 (qs)")
+    parser.add_argument("--messages", type=int, default=None, help="default: 5000")
     parser.add_argument("--window", type=int, default=64, help="requests (ds) or fan-outs (qs) in flight")
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--profile", action="store_true", help="cProfile a.test and b.test")
@@ -394,7 +398,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.messages is None:
-        args.messages = 1500 if args.entry == "ds" else 5000
+        args.messages = 5000
     try:
         if args.entry == "ds":
             from _fed_ds import run_ds

@@ -78,6 +78,18 @@ def test_bench_runs_and_every_message_arrives(entry: str, senders: str) -> None:
     assert (local, remote) == {("ds", "all"): (4.5, 4.5), ("ds", "a"): (4, 5), ("qs", "all"): (5, 5)}[
         entry, senders
     ]
+    # The bound is every per-message crypto operation of the servers, on one core (printed rounded).
+    sign, verify, encryption, redemption = figure(
+        r"crypto per message: sign ([\d.]+) us, verify ([\d.]+) us, queue_encryption ([\d.]+) us, "
+        r"token_redemption ([\d.]+) us",
+        out,
+    )
+    without_auth = sign + verify + redemption + queues * encryption
+    expected = 1e6 / (without_auth + (verify if entry == "ds" else 0))
+    assert bound == pytest.approx(expected, rel=0.02)
+    if entry == "ds":
+        (without,) = figure(r"without the DsAuthToken check, .*: ([\d,]+) msg/s", out)
+        assert without == pytest.approx(1e6 / without_auth, rel=0.02)
     a_cpu, b_cpu = figure(r"CPU per message: a\.test (\d+) us, b\.test (\d+) us", out)
     assert a_cpu > 0 and b_cpu > 0
     if entry == "ds":
