@@ -405,7 +405,7 @@ async def kill_receiver(
             if await writing():
                 break
             b.resume()
-            await asyncio.sleep(rng.uniform(0.005, 0.03))
+            await asyncio.sleep(rng.uniform(0.001, 0.01))
         else:
             raise AssertionError("never froze the receiver inside a transaction")
     b.kill()

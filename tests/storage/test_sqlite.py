@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,44 @@ async def test_cancel_while_waiting_for_begin_leaves_writer_clean(sqlite_url: st
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_cancelled_commit_still_running_keeps_the_next_transaction_out(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while its COMMIT (and then its ROLLBACK) still wait on aiosqlite's thread leaves the
+    write lock to the next transaction before they ran; that transaction's BEGIN must queue behind them
+    instead of running at once on the loop's thread, where the pending ROLLBACK would end it."""
+    db = await open_database(sqlite_url)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute_script("CREATE TABLE t (n INTEGER)")
+        from phx.storage import sqlite as backend
+
+        real = backend._statement
+
+        def slow(raw: sqlite3.Connection, statement: str) -> None:
+            if statement == "COMMIT":
+                time.sleep(0.3)
+            real(raw, statement)
+
+        monkeypatch.setattr(backend, "_statement", slow)
+
+        async def first() -> None:
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO t VALUES ($1)", 1)
+
+        task = asyncio.create_task(first())
+        await asyncio.sleep(0.1)  # its COMMIT sleeps on the worker thread
+        task.cancel()
+        await asyncio.sleep(0.01)
+        task.cancel()  # and again while it waits for its ROLLBACK
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.setattr(backend, "_statement", real)
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO t VALUES ($1)", 2)
+        async with db.transaction(readonly=True) as conn:
+            assert [r[0] for r in await conn.fetch("SELECT n FROM t ORDER BY n")] == [1, 2]
+    finally:
+        await db.close()

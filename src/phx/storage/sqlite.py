@@ -80,12 +80,46 @@ def _has_code(sql: str) -> bool:
     return stripped.strip(" \t\r\n;") != ""
 
 
+class _Worker:
+    """An aiosqlite connection and its worker thread, counting what the thread still has to run.
+
+    Statements run on the loop's thread only while the worker has nothing left to run on the same
+    connection: an operation whose caller was cancelled (a COMMIT, a ROLLBACK queued behind it) still runs
+    there later, and a BEGIN on the loop's thread before it would start a transaction that ROLLBACK ends.
+    Each counter is written by one thread only."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+        self.raw: sqlite3.Connection = cast(Any, conn)._conn
+        self.submitted = 0  # the loop's thread
+        self.finished = 0  # the worker thread
+
+    @property
+    def idle(self) -> bool:
+        return self.finished == self.submitted
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` on the worker thread, after everything queued there before (FIFO)."""
+
+        def tracked() -> _T:
+            try:
+                return fn(*args)
+            finally:
+                self.finished += 1
+
+        self.submitted += 1
+        return cast(_T, await cast(Any, self.conn)._execute(tracked))
+
+    async def sql(self, statement: str) -> None:
+        await self.run(_statement, self.raw, statement)
+
+
 class SqliteConnection(Connection):
     engine: Engine = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-        self._raw: sqlite3.Connection = cast(Any, conn)._conn
+    def __init__(self, worker: _Worker) -> None:
+        self._worker = worker
+        self._raw = worker.raw
         self._state = "open"  # open | failed | closed
 
     def _step(self, fn: Callable[[sqlite3.Connection, str, Any], _T], sql: str, args: Any) -> _T:
@@ -127,7 +161,7 @@ class SqliteConnection(Connection):
         if self._state != "open":
             raise TransactionAborted(f"transaction is {self._state}")
         try:
-            await cast(Any, self._conn)._execute(_script, self._raw, split_script(sql))
+            await self._worker.run(_script, self._raw, split_script(sql))
         except BaseException:
             self._state = "failed"
             raise
@@ -145,7 +179,8 @@ class SqliteDatabase(Database):
         self._n_readers = 0 if self.memory else max(1, readers)
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
-        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._writer_worker: _Worker | None = None
+        self._readers: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._write_lock = asyncio.Lock()
         self._closed = False
@@ -162,10 +197,11 @@ class SqliteDatabase(Database):
                 # to report to the event loop later, which breaks if the loop is gone by then.
                 await asyncio.to_thread(_probe, self.path)
             self._writer = await self._connect(readonly=False)
+            self._writer_worker = _Worker(self._writer)
             for _ in range(self._n_readers):
                 reader = await self._connect(readonly=True)
                 self._all_readers.append(reader)
-                self._readers.put_nowait(reader)
+                self._readers.put_nowait(_Worker(reader))
         except sqlite3.Error as e:
             await self.close()
             raise Unavailable(f"cannot open SQLite database {self.path!r}: {e}") from e
@@ -198,12 +234,14 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def _transaction(self, readonly: bool) -> AsyncIterator[Connection]:
-        if self._closed or self._writer is None:
+        if self._closed or self._writer_worker is None:
             raise TransactionAborted("database is closed")
         token = self._enter_tx()
         try:
             if readonly and not self.memory:
                 reader = await self._readers.get()
+                if not reader.idle:
+                    await reader.run(_nothing)  # whatever a cancelled caller left queued runs first
                 try:
                     with _read_transaction(reader) as conn:
                         yield conn
@@ -212,54 +250,54 @@ class SqliteDatabase(Database):
             else:
                 async with self._write_lock:
                     begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
-                    async with self._run(self._writer, begin, query_only=readonly) as conn:
+                    async with self._run(self._writer_worker, begin, query_only=readonly) as conn:
                         yield conn
         finally:
             self._leave_tx(token)
 
     @asynccontextmanager
-    async def _run(
-        self, raw: aiosqlite.Connection, begin: str, *, query_only: bool
-    ) -> AsyncIterator[Connection]:
+    async def _run(self, worker: _Worker, begin: str, *, query_only: bool) -> AsyncIterator[Connection]:
         # COMMIT (fsync, checkpoints) runs on aiosqlite's thread; the statements before it on the loop's
-        # (SqliteConnection._step); BEGIN too unless it has to wait for another process (_begin).
+        # (SqliteConnection._step); BEGIN too unless it has to wait (_begin).
         if query_only:
-            await raw.execute("PRAGMA query_only = ON")
+            await worker.sql("PRAGMA query_only = ON")
         try:
             try:
-                await self._begin(raw, begin)
+                await self._begin(worker, begin)
             except BaseException:
-                await _rollback(raw)
+                await _rollback(worker)
                 raise
-            conn = SqliteConnection(raw)
+            conn = SqliteConnection(worker)
             try:
                 yield conn
             except BaseException:
                 conn._close()
-                await _rollback(raw)
+                await _rollback(worker)
                 raise
             conn._close()
             try:
-                await raw.execute("COMMIT")
+                await worker.sql("COMMIT")
             except BaseException:
-                await _rollback(raw)
+                await _rollback(worker)
                 raise
         finally:
             if query_only:
-                await raw.execute("PRAGMA query_only = OFF")
+                await worker.sql("PRAGMA query_only = OFF")
 
-    async def _begin(self, raw: aiosqlite.Connection, begin: str) -> None:
-        """BEGIN on the loop's thread when no other process holds the write lock (the writer's
-        busy_timeout is 0, so SQLite answers at once); else on the worker thread, waiting up to
-        busy_timeout for it."""
-        conn: sqlite3.Connection = cast(Any, raw)._conn
-        try:
-            conn.execute(begin).close()
-            return
-        except sqlite3.OperationalError as e:
-            if getattr(e, "sqlite_errorname", "") != "SQLITE_BUSY" or conn.in_transaction:
-                raise
-        await cast(Any, raw)._execute(_begin_waiting, conn, begin, self._busy_timeout_ms)
+    async def _begin(self, worker: _Worker, begin: str) -> None:
+        """BEGIN on the loop's thread when the worker thread has nothing left to run on the connection and
+        no other process holds the write lock (the writer's busy_timeout is 0, so SQLite answers at once);
+        else on the worker thread, after what it still has to run, waiting up to busy_timeout for the
+        lock."""
+        conn = worker.raw
+        if worker.idle:
+            try:
+                conn.execute(begin).close()
+                return
+            except sqlite3.OperationalError as e:
+                if getattr(e, "sqlite_errorname", "") != "SQLITE_BUSY" or conn.in_transaction:
+                    raise
+        await worker.run(_begin_waiting, conn, begin, self._busy_timeout_ms)
 
     async def ping(self) -> None:
         try:
@@ -310,7 +348,7 @@ def _fetchrow(raw: sqlite3.Connection, sql: str, args: Any) -> Row | None:
 
 
 @contextmanager
-def _read_transaction(reader: aiosqlite.Connection) -> Iterator[SqliteConnection]:
+def _read_transaction(reader: _Worker) -> Iterator[SqliteConnection]:
     """A read-only transaction wholly on the loop's thread: in WAL mode a deferred BEGIN, a reader's
     statements and its COMMIT take no lock to wait for and write nothing to sync."""
     conn = SqliteConnection(reader)
@@ -335,6 +373,14 @@ def _begin_waiting(raw: sqlite3.Connection, begin: str, busy_timeout_ms: int) ->
         raw.execute("PRAGMA busy_timeout = 0").close()
 
 
+def _nothing() -> None:
+    return None
+
+
+def _statement(raw: sqlite3.Connection, statement: str) -> None:
+    raw.execute(statement).close()
+
+
 def _script(raw: sqlite3.Connection, statements: list[str]) -> None:
     for statement in statements:
         raw.execute(statement).close()
@@ -344,12 +390,12 @@ def _probe(path: str) -> None:
     sqlite3.connect(path).close()
 
 
-async def _rollback(raw: aiosqlite.Connection) -> None:
+async def _rollback(worker: _Worker) -> None:
     # Unconditional and ordered: aiosqlite runs operations FIFO on its thread, so this ROLLBACK lands after a
     # BEGIN/statement/COMMIT whose await was cancelled but which still runs. Checking in_transaction here
     # instead would race with that pending BEGIN and could leave the writer inside a transaction.
     try:
-        await asyncio.shield(raw.execute("ROLLBACK"))
+        await asyncio.shield(worker.sql("ROLLBACK"))
     except sqlite3.OperationalError as e:
         if "no transaction is active" not in str(e):
             raise
