@@ -18,7 +18,9 @@ from phx.queuing.fanout import EnqueueResult, PreparedFanOut
 from phx.queuing.messages import MessageContentType
 from phx.queuing.service import QsService
 from phx.storage import Connection, Database
-from tests.delivery.helpers import DOMAIN, Client, Harness
+from tests.auth.helpers import Client as AsClient
+from tests.delivery.helpers import DOMAIN, Client, FakeClock, Harness, Redeeming
+from tests.delivery.test_token_classes import as_service
 from tests.queuing import helpers as qs_helpers
 
 
@@ -178,10 +180,6 @@ async def test_a_message_behind_a_locked_request_waits_for_it_then_skips_the_loc
 
 async def paying_members(db: Database, n: int) -> tuple[Harness, list[Client], list[qs_helpers.Client]]:
     """:func:`members` with the AS's real redeemer: every request spends a real Privacy Pass token."""
-    from tests.auth.helpers import Client as AsClient  # noqa: PLC0415
-    from tests.delivery.helpers import FakeClock, Redeeming  # noqa: PLC0415
-    from tests.delivery.test_token_classes import as_service  # noqa: PLC0415
-
     auth = await as_service(db, DOMAIN, FakeClock())
     payer = await AsClient.new(auth).register(tokens=60)
     qs = await qs_helpers.make_service(db)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from phx.storage import SqliteDatabase, open_database
+from phx.storage import sqlite as backend
 from phx.storage.sqlite import split_script, translate_placeholders
 
 
@@ -197,8 +198,6 @@ async def test_a_cancelled_commit_still_running_keeps_the_next_transaction_out(
     try:
         async with db.transaction() as conn:
             await conn.execute_script("CREATE TABLE t (n INTEGER)")
-        from phx.storage import sqlite as backend
-
         real = backend._statement
 
         def slow(raw: sqlite3.Connection, statement: str) -> None:

@@ -348,20 +348,8 @@ class FederationStore:
         the ids recorded now (an id missing from the result was recorded meanwhile by a concurrent copy of
         its message, which must then not be enqueued)."""
         if conn.engine == "sqlite":
-            return {
-                message_id
-                for message_id, digest in records
-                if await conn.execute(
-                    "INSERT INTO fed_received (source, message_id, digest, received_at, result) "
-                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, message_id) DO NOTHING",
-                    source.value,
-                    message_id,
-                    digest,
-                    now,
-                    b"",
-                )
-                > 0
-            }
+            # One single-row statement each: cheaper per row on SQLite than a multi-row VALUES.
+            return {m for m, digest in records if await self.remember(conn, source, m, digest, now, b"")}
         inserted: set[bytes] = set()
         for start in range(0, len(records), 500):
             chunk = records[start : start + 500]
